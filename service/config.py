@@ -130,9 +130,13 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
         if self.hold_policy is HoldPolicy.HOLD_SIM and self.hold_max_frames == 0:
-            raise ValueError("SONOMASK_HOLD_MAX_FRAMES must be above 0 when the hold policy is hold_sim")
+            raise ValueError(
+                "SONOMASK_HOLD_MAX_FRAMES must be above 0 when the hold policy is hold_sim"
+            )
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
-            raise ValueError(f"SONOMASK_API_KEYS_FILE must name a readable file, got {self.api_keys_file}")
+            raise ValueError(
+                f"SONOMASK_API_KEYS_FILE must name a readable file, got {self.api_keys_file}"
+            )
         return self
 
     @property

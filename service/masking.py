@@ -53,7 +53,9 @@ def clip_box_xyxy(box: Sequence[float], width: int, height: int) -> BoxXYXY | No
     return (x1, y1, x2, y2)
 
 
-def expand_box_xyxy(box: BoxXYXY, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+def expand_box_xyxy(
+    box: BoxXYXY, margin: float, width: int, height: int
+) -> tuple[int, int, int, int]:
     """Grow a box by `margin` of its side on every edge, round outwards and clip to the frame."""
     x1, y1, x2, y2 = box
     dx = (x2 - x1) * margin
@@ -66,8 +68,11 @@ def expand_box_xyxy(box: BoxXYXY, margin: float, width: int, height: int) -> tup
 
 
 def mask_regions(
-    image: np.ndarray, regions: Iterable[tuple[int, int, int, int]], style: MaskStyle,
-    *, fill_value: float = 0,
+    image: np.ndarray,
+    regions: Iterable[tuple[int, int, int, int]],
+    style: MaskStyle,
+    *,
+    fill_value: float = 0,
 ) -> np.ndarray:
     """Return a copy of `image` with each integer pixel region (left, top, right, bottom) covered."""
     out = image.copy()
@@ -85,8 +90,11 @@ def mask_regions(
 
 
 def mask_boxes(
-    image: np.ndarray, boxes_xyxy: Iterable[Sequence[float]], spec: MaskSpec,
-    *, fill_value: float = 0,
+    image: np.ndarray,
+    boxes_xyxy: Iterable[Sequence[float]],
+    spec: MaskSpec,
+    *,
+    fill_value: float = 0,
 ) -> np.ndarray:
     """Return a copy of `image` with every box, grown by the spec's margin, covered."""
     height, width = image.shape[:2]
@@ -113,7 +121,9 @@ def blank_frame(image: np.ndarray, notice: str = BLANK_NOTICE) -> np.ndarray:
         (text_w, text_h), _ = cv2.getTextSize(notice, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
     origin = (max(0, (width - text_w) // 2), max(text_h, (height + text_h) // 2))
     canvas = np.zeros((height, width), dtype=np.uint8)
-    cv2.putText(canvas, notice, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thickness, cv2.LINE_AA)
+    cv2.putText(
+        canvas, notice, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thickness, cv2.LINE_AA
+    )
     lit = canvas > 127
     out[lit] = white
     return out

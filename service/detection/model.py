@@ -174,7 +174,10 @@ class UltralyticsDetector:
         )
         logger.info(
             "loaded model %s backend=%s device=%s imgsz=%d",
-            self._info.model_id, backend, self._device, self._imgsz,
+            self._info.model_id,
+            backend,
+            self._device,
+            self._imgsz,
         )
 
     @property
