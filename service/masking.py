@@ -74,7 +74,7 @@ def mask_regions(
     *,
     fill_value: float = 0,
 ) -> np.ndarray:
-    """Return a copy of `image` with each integer pixel region (left, top, right, bottom) covered."""
+    """Return a copy of `image` with each pixel region (left, top, right, bottom) covered."""
     out = image.copy()
     for left, top, right, bottom in regions:
         if right <= left or bottom <= top:
