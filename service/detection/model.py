@@ -203,10 +203,7 @@ class UltralyticsDetector:
         batch: list[list[Detection]] = []
         for frame, result in zip(frames, results, strict=True):
             height, width = frame.shape[:2]
-            boxes = result.boxes
-            xyxy = boxes.xyxy.cpu().numpy() if boxes is not None else np.empty((0, 4))
-            confs = boxes.conf.cpu().numpy() if boxes is not None else np.empty(0)
-            classes = boxes.cls.cpu().numpy() if boxes is not None else np.empty(0)
+            xyxy, confs, classes = _boxes_as_arrays(result)
             detections = []
             for box, confidence, class_index in zip(xyxy, confs, classes, strict=True):
                 clean = clip_box_xyxy(box, width, height)
@@ -221,3 +218,15 @@ class UltralyticsDetector:
                 detections.append(Detection(class_id, name, float(confidence), clean))
             batch.append(detections)
         return batch
+
+
+def _boxes_as_arrays(result: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes (N×4 xyxy), confidences and class indices of one ultralytics result."""
+    boxes = getattr(result, "boxes", None)
+    if boxes is None:
+        return np.empty((0, 4)), np.empty(0), np.empty(0)
+    return (
+        np.asarray(boxes.xyxy.cpu().numpy()),
+        np.asarray(boxes.conf.cpu().numpy()),
+        np.asarray(boxes.cls.cpu().numpy()),
+    )
