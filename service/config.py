@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=40_000_000, ge=1)
     max_dicom_frames: int = Field(default=2000, ge=1)
+    dicom_keep_series: bool = False
 
     # Access
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)

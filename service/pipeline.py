@@ -41,6 +41,15 @@ class FailureReason(StrEnum):
     INVALID_OUTPUT = "invalid_output"
 
 
+class FrameCheckFailedError(RuntimeError):
+    """A frame could not be checked and the caller asked for an error rather than a blank."""
+
+    def __init__(self, reason: FailureReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
 class FrameTracker(Protocol):
     """Per-stream state that may hold a mask through frames the detector missed."""
 
