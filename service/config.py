@@ -55,10 +55,15 @@ class Settings(BaseSettings):
     model_path: Path = DEFAULT_MODEL_PATH
     device: str = "auto"
     backend: Backend = Backend.AUTO
+    # 0 or unset: taken from the model's sidecar JSON, else the study's values (0.318 / 0.6).
     imgsz: int = Field(default=0, ge=0, le=4096)
-    conf: float = Field(default=0.318, gt=0.0, lt=1.0)
-    iou: float = Field(default=0.6, gt=0.0, le=1.0)
+    conf: float | None = Field(default=None, gt=0.0, lt=1.0)
+    iou: float | None = Field(default=None, gt=0.0, le=1.0)
     max_detections: int = Field(default=32, ge=1, le=1000)
+
+    # Start-up self-test: a known frame with a known target, checked before /readyz turns 200.
+    selftest_image: Path | None = None
+    selftest_require_detection: bool = True
 
     # Batcher
     max_batch_size: int = Field(default=8, ge=1, le=256)
