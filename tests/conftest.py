@@ -20,9 +20,9 @@ import uvicorn
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
-from service.app import create_app  # noqa: E402
-from service.config import DEFAULT_MODEL_PATH, Settings  # noqa: E402
-from service.detection.model import Detection, ModelInfo  # noqa: E402
+from service.app import create_app
+from service.config import DEFAULT_MODEL_PATH, Settings
+from service.detection.model import Detection, ModelInfo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
