@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import health, images
+from service.api import health, images, streams, viewer
 from service.api.deps import ApiKeys, require_api_key
 from service.config import Settings
 from service.detection.batcher import Batcher
@@ -26,6 +26,8 @@ from service.masking import MaskSpec
 from service.metrics import Metrics
 from service.pipeline import FramePipeline
 from service.selftest import load_selftest_frame, run_selftest
+from service.tracking import HoldConfig
+from service.webrtc import SessionManager
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +132,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         startup = asyncio.create_task(_start_model(app, detector), name="sonomask-start-model")
         app.state.startup_task = startup
+        app.state.sessions = SessionManager(
+            lambda: app.state.pipeline, settings, metrics, app.state.hold_config
+        )
         try:
             yield
         finally:
             startup.cancel()
+            await app.state.sessions.close_all()
             app.state.metrics.ready.set(0)
             pipeline = app.state.pipeline
             if pipeline is not None:
@@ -156,10 +162,14 @@ def create_app(
     app.state.batcher = None
     app.state.startup_error = None
     app.state.model_info = None
+    app.state.hold_config = HoldConfig.from_settings(settings)
+    app.state.sessions = None
 
     protected: list[Any] = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(images.router, dependencies=protected)
+    app.include_router(streams.router, dependencies=protected)
+    app.include_router(viewer.router)
 
     if settings.cors_origins:
         app.add_middleware(
