@@ -41,7 +41,7 @@ class Target:
     points_xy: np.ndarray
 
     def transformed(self, affine: np.ndarray) -> Target:
-        """The same target after a 2×3 affine transform of the scene."""
+        """Return the target moved by a 2×3 affine transform of the scene."""
 
         def apply(points: np.ndarray) -> np.ndarray:
             return points @ affine[:, :2].T + affine[:, 2]
@@ -239,7 +239,7 @@ def _draw_genital_region(
     half_w: float,
     half_h: float,
 ) -> None:
-    """One of several appearances, chosen at random so that the box never follows one of them."""
+    """Draw one of several appearances at random, so the box never depends on one of them."""
     cx, cy = center
     bright = tissue.skin * rng.uniform(1.1, 1.6)
     soft = tissue.soft * rng.uniform(1.0, 1.3)

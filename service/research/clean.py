@@ -1,10 +1,14 @@
 """Removal of burned-in text and markers before training, as the study preprocessed its images.
 
-Steps: a white top-hat with a 7×7 rectangle keeps thin bright strokes (text, calipers, ticks);
-Otsu's threshold on that response sets the high level of a hysteresis threshold (half of it is
-the low level), which keeps whole strokes while dropping isolated speckle peaks; coloured pixels,
-which a grey B-mode image never has, join the mask; a 3×3 dilation covers stroke edges; OpenCV
-inpainting fills the mask from its surroundings.
+Steps:
+1. A white top-hat with a 7×7 rectangle keeps thin bright strokes (text, calipers, ticks).
+2. Otsu's threshold on that response is the high level of a hysteresis threshold, and half of it
+   the low level. Hysteresis keeps whole strokes and drops isolated speckle peaks.
+3. Coloured pixels join the mask, because a grey B-mode image has none.
+4. A 3×3 dilation covers the stroke edges, and OpenCV inpainting fills the mask.
+
+NOTE: the top-hat also finds thin bright anatomy (skull, bone edges), which gets inpainted too,
+and wide blocks such as grey bars pass through it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """B-mode image formation for phantoms: field of view, speckle, attenuation, shadows, log scale.
 
-A scene is a map of echogenicity (0 for fluid, about 0.3 for soft tissue, 1 for a strong
-interface; `form_bmode` cubes it into backscatter power) and a map
-of acoustic obstruction (bone) in image pixels. `form_bmode` samples both along the beams of a
+A scene is a map of echogenicity and a map of acoustic obstruction (bone), in image pixels.
+Echogenicity is 0 for fluid, about 0.3 for soft tissue and 1 for a strong interface, and
+`form_bmode` cubes it into backscatter power. `form_bmode` samples both along the beams of a
 convex or linear probe, forms the echo envelope there, and scan-converts it back to the image.
 Working in beam coordinates makes shadows (attenuation accumulated along each beam) and the
 axial grain of speckle follow the probe geometry as they do on a scanner.
@@ -264,8 +264,8 @@ def form_bmode(
     depth01 = ((np.arange(grid.n_depth, dtype=np.float32) + 0.5) / grid.n_depth)[:, None]
     residual_np = params.attenuation_np * (1.0 - params.tgc_fraction)
     depth_gain = np.exp(-residual_np * depth01)
-    # Scene values read like brightness; cubing spreads them over the decibel range a scanner shows
-    # (soft tissue about 15 dB under a strong interface, fluid 50 dB or more under it).
+    # Scene values read like brightness. Cubing spreads them over the decibel range of a scanner:
+    # soft tissue ends up about 15 dB under a strong interface, and fluid 50 dB or more under it.
     power = np.maximum(echo_beam, 0.0) ** 3
     amplitude = np.sqrt(power * transmission) * depth_gain
     envelope = amplitude * np.hypot(speckle[0], speckle[1])

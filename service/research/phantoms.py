@@ -70,7 +70,7 @@ STUDY_NEGATIVE_SHARE = 0.72
 
 @dataclass(frozen=True)
 class Patient:
-    """What stays the same across the images of one simulated pregnancy."""
+    """Settings shared by all images of one simulated pregnancy."""
 
     patient_id: str
     tissue: Tissue
@@ -452,7 +452,7 @@ class _Sweep:
         return gain
 
     def _plan_hard_frames(self) -> np.ndarray:
-        """A few frames with heavy blur or a shadow band, as when the probe slips."""
+        """Pick a few frames for heavy blur or a shadow band, as when the probe slips."""
         hard = np.zeros(self.n_frames, dtype=bool)
         n_hard = max(1, self.n_frames // 25)
         hard[self.rng.choice(self.n_frames, size=min(n_hard, self.n_frames), replace=False)] = True

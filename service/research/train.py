@@ -2,8 +2,9 @@
 
 The study trained YOLOv5L at 384 px with flips, shift/scale/rotate, brightness and contrast, blur,
 mosaic and mixup, and a one-cycle learning rate. ultralytics has all of these except blur, which
-it applies only when the albumentations package is installed; `yolov5l.yaml` builds the
-ultralytics version of that network (anchor-free head), `yolov8n.yaml` the nano default.
+it applies only when the albumentations package is installed. `yolov5l.yaml` builds the
+ultralytics version of that network (with an anchor-free head), and `yolov8n.yaml` the nano
+default.
 """
 
 from __future__ import annotations
