@@ -45,7 +45,7 @@ def run_check() -> Callable[[Callable[[], T]], T]:
     return run
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def require_tool() -> Callable[[str], str]:
     """Return a lookup of a tool's path that skips the test when the tool is missing."""
 
@@ -67,7 +67,7 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return port
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def pick_port() -> Callable[..., int]:
     """Return `free_port`, for tests that start servers."""
     return free_port
