@@ -13,16 +13,19 @@ ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 
 # ---------------------------------------------------------------------------------------
-# wheel: the project as a wheel, which must contain the default model.
+# wheel: the project as a wheel. It must contain the default model and every other file
+# of service/models (the self-test frame, model cards), or the build stops here.
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
-    && python -c "import glob, sys, zipfile; \
+    && python -c "import glob, os, sys, zipfile; \
 names = set(zipfile.ZipFile(glob.glob('/wheels/sonomask-*.whl')[0]).namelist()); \
-missing = sorted({'service/models/sonomask-demo-n.pt', 'service/models/sonomask-demo-n.onnx'} - names); \
-sys.exit('the default model is missing from the wheel: %s' % missing if missing else 0)"
+wanted = {p for p in glob.glob('service/models/**', recursive=True) if os.path.isfile(p)}; \
+wanted |= {'service/models/sonomask-demo-n.pt', 'service/models/sonomask-demo-n.onnx'}; \
+missing = sorted(wanted - names); \
+sys.exit('missing from the wheel (add them to package-data): %s' % missing if missing else 0)"
 
 # ---------------------------------------------------------------------------------------
 # gpu: PyTorch's CUDA wheels from PyPI (the default build there for Linux x86_64) on a CUDA
