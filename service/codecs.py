@@ -15,7 +15,7 @@ from enum import StrEnum
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
 
 # Pillow's own bomb check would warn or raise at its own limit; the service applies `max_pixels`.
 Image.MAX_IMAGE_PIXELS = None
@@ -42,6 +42,16 @@ MEDIA_TYPES = {
 _SIGNATURES = {
     ImageFormat.JPEG: b"\xff\xd8\xff",
     ImageFormat.PNG: b"\x89PNG\r\n\x1a\n",
+}
+
+# Each format is opened with its own Pillow class, never through `Image.open`, because
+# importing ultralytics (8.4) replaces `Image.open` with a wrapper that handles a file Pillow
+# cannot identify by calling its requirement check for pi-heif and importing it. Offline
+# that raises ModuleNotFoundError (a 500). With network access it runs pip install inside
+# a request.
+_IMAGE_CLASSES: dict[ImageFormat, type[ImageFile.ImageFile]] = {
+    ImageFormat.JPEG: JpegImagePlugin.JpegImageFile,
+    ImageFormat.PNG: PngImagePlugin.PngImageFile,
 }
 
 
@@ -91,8 +101,8 @@ def decode_image(data: bytes, image_format: ImageFormat, *, max_pixels: int) -> 
         )
 
     try:
-        image = Image.open(io.BytesIO(data), formats=[image_format.name])
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        image = _IMAGE_CLASSES[image_format](io.BytesIO(data))
+    except (SyntaxError, OSError, ValueError) as exc:
         raise ImageInputError(
             400, f"the {image_format.name} data is broken or truncated: unreadable header ({exc})"
         ) from None
