@@ -31,7 +31,7 @@ def _missing_tool(exc: ToolMissingError) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_check() -> Callable[[Callable[[], T]], T]:
     """Return a runner for one check of deploy.checks that turns a missing tool into a skip."""
 

@@ -244,14 +244,9 @@ def test_exported_names_follow_service_metrics() -> None:
 
 
 @pytest.fixture(scope="module")
-def rendered() -> dict[str, list[dict[str, Any]]]:
+def rendered(run_check: RunCheck) -> dict[str, list[dict[str, Any]]]:
     """Every kustomization rendered once per module; a failure to render is a finding."""
-    from deploy.checks.tools import ToolMissingError
-
-    try:
-        manifests, findings = kubernetes.render_all()
-    except ToolMissingError as exc:
-        pytest.skip(f"{exc.tool} is not installed: {exc.hint}")
+    manifests, findings = run_check(kubernetes.render_all)
     assert findings == []
     return manifests
 
