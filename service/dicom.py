@@ -70,8 +70,6 @@ from service.tracking import Decision
 
 logger = logging.getLogger(__name__)
 
-DICOM_MEDIA_TYPE = "application/dicom"
-
 _INPUT_STATUS_CODES = frozenset({400, 413, 415, 422})
 
 _NATIVE_SYNTAXES = frozenset(

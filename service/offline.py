@@ -21,9 +21,11 @@ from service.config import MaskStyle, Settings
 from service.detection.batcher import Batcher
 from service.detection.loading import load_detector
 from service.detection.model import Detector
+from service.dicom import DicomInputError, mask_instance
 from service.masking import MaskSpec
 from service.metrics import Metrics
 from service.pipeline import FramePipeline
+from service.tracking import HoldConfig, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ async def _mask_one(
     data = await asyncio.to_thread(source.read_bytes)
     suffix = source.suffix.lower()
     if suffix in {".dcm", ".dicom"}:
-        return {"error": "DICOM input is not supported by this build"}
+        return await _mask_dicom_file(pipeline, data, target, spec, settings)
     image_format = ImageFormat.JPEG if suffix in {".jpg", ".jpeg"} else ImageFormat.PNG
     try:
         decoded = await asyncio.to_thread(
@@ -116,4 +118,29 @@ async def _mask_one(
         "decision": outcome.decision.value,
         "detections": [d.as_dict() for d in outcome.detections],
         "blanked_reason": outcome.failure.value if outcome.failure else None,
+    }
+
+
+async def _mask_dicom_file(
+    pipeline: FramePipeline, data: bytes, target: Path, spec: MaskSpec, settings: Settings
+) -> dict[str, Any]:
+    """Mask a DICOM file into `target`; frames that cannot be checked are blanked, as images are."""
+    hold_config = HoldConfig.from_settings(settings)
+    try:
+        masked = await mask_instance(
+            data,
+            pipeline,
+            spec=spec,
+            new_tracker=lambda: Tracker(hold_config),
+            blank_on_failure=True,
+            settings=settings,
+        )
+    except DicomInputError as exc:
+        return {"error": str(exc)}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(target.write_bytes, masked.data)
+    return {
+        "frames": masked.frames,
+        "decisions": masked.decisions,
+        "transfer_syntax_uid": masked.transfer_syntax_uid,
     }

@@ -22,8 +22,10 @@ from service.codecs import (
     opaque_regions,
 )
 from service.config import MaskStyle, Settings
+from service.dicom import DicomInputError, mask_instance
 from service.masking import MaskSpec, expand_box_xyxy
-from service.pipeline import FailureReason, FrameOutcome, FramePipeline
+from service.pipeline import FailureReason, FrameCheckFailedError, FrameOutcome, FramePipeline
+from service.tracking import HoldConfig, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +166,7 @@ async def mask_image(
     spec = pipeline.effective_spec(requested)
 
     if upload.media_type.split(";")[0].strip().lower() == DICOM_MEDIA_TYPE:
-        raise HTTPException(415, detail="DICOM input is not supported by this build")
+        return await _mask_dicom(request, upload, spec, on_failure, settings, pipeline)
 
     decoded = await _decode(upload, settings)
     outcome = await pipeline.run(decoded.bgr, spec=spec)
@@ -184,6 +186,50 @@ async def mask_image(
     if outcome.blanked:
         headers["X-Sonomask-Blanked"] = (outcome.failure or FailureReason.DETECTOR_ERROR).value
     return Response(body, media_type=decoded.format.media_type, headers=headers)
+
+
+async def _mask_dicom(
+    request: Request,
+    upload: Upload,
+    spec: MaskSpec,
+    on_failure: str,
+    settings: Settings,
+    pipeline: FramePipeline,
+) -> Response:
+    """Mask every frame of a DICOM instance and return the derived instance."""
+    hold_config: HoldConfig = request.app.state.hold_config
+    try:
+        masked = await mask_instance(
+            upload.data,
+            pipeline,
+            spec=spec,
+            new_tracker=lambda: Tracker(hold_config),
+            blank_on_failure=on_failure == "blank",
+            settings=settings,
+        )
+    except DicomInputError as exc:
+        # The messages name attributes and sizes, never header values.
+        logger.info("DICOM instance rejected with %d: %s", exc.status_code, exc)
+        raise HTTPException(exc.status_code, detail=str(exc)) from None
+    except FrameCheckFailedError as exc:
+        request.app.state.metrics.rejections_total.labels(reason=exc.reason.value).inc()
+        logger.warning("DICOM instance not checked: %s (%s)", exc.reason.value, exc.detail)
+        raise HTTPException(
+            503,
+            detail=f"the instance could not be checked ({exc.reason.value}): {exc.detail}; "
+            "no instance is returned. Retry, or pass on_failure=blank to receive the "
+            "instance with those frames blanked.",
+            headers={"Retry-After": "1"},
+        ) from None
+
+    decisions = ",".join(f"{decision}={count}" for decision, count in masked.decisions.items())
+    headers = {
+        "X-Sonomask-Frames": str(masked.frames),
+        "X-Sonomask-Decisions": decisions,
+        "X-Sonomask-Model": pipeline.model_id,
+        "X-Sonomask-Transfer-Syntax": masked.transfer_syntax_uid,
+    }
+    return Response(masked.data, media_type=DICOM_MEDIA_TYPE, headers=headers)
 
 
 @router.post("/detect", openapi_extra=IMAGE_BODY, response_model=DetectResponse)
