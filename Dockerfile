@@ -31,10 +31,11 @@ sys.exit('missing from the wheel (add them to package-data): %s' % missing if mi
 # gpu: PyTorch's CUDA wheels from PyPI (the default build there for Linux x86_64) on a CUDA
 # base image with Ubuntu's Python.
 FROM ${CUDA_IMAGE} AS gpu-base
-# Ubuntu versions are not pinned, for the same reason as in the cpu target below.
+# Ubuntu versions are not pinned, for the same reason as in the cpu target below. Ubuntu
+# 24.04 names GLib's package libglib2.0-0t64 (the 64-bit time_t rebuild).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv libgl1 libglib2.0-0 \
+    && apt-get install -y --no-install-recommends python3 python3-venv libgl1 libglib2.0-0t64 \
     && rm -rf /var/lib/apt/lists/*
 
 FROM gpu-base AS gpu-venv
