@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.config import Backend, Settings
-from service.detection.model import ModelLoadError, UltralyticsDetector, resolve_device
+from service.detection.model import (
+    Detector,
+    ModelLoadError,
+    UltralyticsDetector,
+    backend_of,
+    resolve_device,
+)
+from service.detection.runtimes import OnnxRuntimeDetector, OpenVinoDetector
 
 logger = logging.getLogger(__name__)
 
@@ -43,48 +50,89 @@ def sidecar_path(weights: Path) -> Path:
     return weights.with_name(stem).with_suffix(".json")
 
 
-def choose_weights(settings: Settings, device: str) -> tuple[Path, str]:
-    """Pick the model file for the configured backend; `auto` prefers ONNX Runtime on CPU.
+# Fastest first, from the per-image times measured by `python -m bench.run` and recorded in
+# docs/benchmarks.md. NOTE: the CUDA order is an expectation, not a measurement: no GPU was
+# available to time it; run bench/gpu_check.sh on a GPU machine to confirm it.
+CPU_PREFERENCE = (Backend.OPENVINO, Backend.ONNX, Backend.TORCH)
+CUDA_PREFERENCE = (Backend.TENSORRT, Backend.TORCH, Backend.ONNX)
 
-    The sibling files of `model_path` with the same stem (`.onnx`, `.engine`,
-    `_openvino_model/`) are the exported forms of the same weights.
+# The runtime each backend imports; a backend whose runtime is not installed is skipped by `auto`.
+_RUNTIME_MODULES = {
+    Backend.TORCH: "ultralytics",
+    Backend.ONNX: "onnxruntime",
+    Backend.OPENVINO: "openvino",
+    Backend.TENSORRT: "tensorrt",
+}
+
+
+def export_candidates(path: Path) -> dict[Backend, Path]:
+    """The file each backend would load for weights at `path`, exported or not yet.
+
+    A `.pt` or `.onnx` path stands for the weights and their exported siblings with the
+    same stem (`.pt`, `.onnx`, `.engine`, `_openvino_model/`). OpenVINO reads the `.onnx`
+    itself when no OpenVINO export folder is there. Any other path is one exported form.
     """
-    path = settings.model_path
+    if path.suffix not in {".pt", ".onnx"}:
+        return {Backend(backend_of(path)): path}
+    openvino_folder = path.with_name(f"{path.stem}_openvino_model")
+    return {
+        Backend.TORCH: path.with_suffix(".pt"),
+        Backend.ONNX: path.with_suffix(".onnx"),
+        Backend.OPENVINO: openvino_folder
+        if openvino_folder.is_dir()
+        else path.with_suffix(".onnx"),
+        Backend.TENSORRT: path.with_suffix(".engine"),
+    }
+
+
+def choose_weights(settings: Settings, device: str) -> tuple[Path, Backend]:
+    """Pick the model file and backend; `auto` takes the fastest one available on `device`."""
+    candidates = export_candidates(settings.model_path)
     backend = settings.backend
     if backend is Backend.AUTO:
-        backend = _fastest_available(path, device)
-    candidates = {
-        Backend.TORCH: path.with_suffix(".pt") if path.suffix == ".onnx" else path,
-        Backend.ONNX: path.with_suffix(".onnx"),
-        Backend.TENSORRT: path.with_suffix(".engine"),
-        Backend.OPENVINO: path.with_name(f"{path.stem}_openvino_model"),
-    }
-    chosen = path if path.suffix not in {".pt", ".onnx"} else candidates[backend]
+        backend = fastest_available(candidates, device)
+    if backend not in candidates:
+        (only,) = candidates
+        raise ModelLoadError(
+            f"SONOMASK_BACKEND={backend.value} cannot run {settings.model_path.name}, which is "
+            f"a {only.value} model: point SONOMASK_MODEL_PATH at the .pt or .onnx weights, or "
+            f"set SONOMASK_BACKEND={only.value}"
+        )
+    chosen = candidates[backend]
     if not chosen.exists():
         raise ModelLoadError(
             f"backend {backend.value!r} needs {chosen}, which does not exist: export it with "
-            f"`sonomask export` or set SONOMASK_BACKEND=torch"
+            f"`sonomask export`, or set SONOMASK_BACKEND=auto to use a file that exists"
         )
-    return chosen, backend.value
+    return chosen, backend
 
 
-def _fastest_available(path: Path, device: str) -> Backend:
-    if path.suffix != ".pt":
-        return Backend.TORCH
-    if device.startswith("cuda"):
-        if path.with_suffix(".engine").exists() and importlib.util.find_spec("tensorrt"):
-            return Backend.TENSORRT
-        return Backend.TORCH
-    if path.with_suffix(".onnx").exists() and importlib.util.find_spec("onnxruntime"):
-        return Backend.ONNX
-    if path.with_name(f"{path.stem}_openvino_model").exists() and importlib.util.find_spec(
-        "openvino"
-    ):
-        return Backend.OPENVINO
-    return Backend.TORCH
+def fastest_available(candidates: dict[Backend, Path], device: str) -> Backend:
+    """The first backend in the device's preference order whose file and runtime are present."""
+    on_cuda = device.startswith("cuda") or device.isdigit()
+    preference = CUDA_PREFERENCE if on_cuda else CPU_PREFERENCE
+    for backend in preference:
+        path = candidates.get(backend)
+        if path is None or not path.exists():
+            continue
+        if importlib.util.find_spec(_RUNTIME_MODULES[backend]) is None:
+            continue
+        if backend is Backend.ONNX and on_cuda and not _onnxruntime_has_cuda():
+            continue
+        if backend is Backend.OPENVINO and on_cuda:
+            continue
+        return backend
+    files = ", ".join(str(path) for path in candidates.values())
+    raise ModelLoadError(f"no runnable model among {files} on {device}")
 
 
-def load_detector(settings: Settings) -> UltralyticsDetector:
+def _onnxruntime_has_cuda() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def load_detector(settings: Settings) -> Detector:
     """Load the configured model; raises ModelLoadError with the file and the reason."""
     if not settings.model_path.exists():
         raise ModelLoadError(
@@ -93,12 +141,20 @@ def load_detector(settings: Settings) -> UltralyticsDetector:
     device = resolve_device(settings.device)
     weights, backend = choose_weights(settings, device)
     card = ModelCard.read(settings.model_path)
-    logger.info("loading model %s with backend %s on %s", weights.name, backend, device)
+    logger.info("loading model %s with backend %s on %s", weights.name, backend.value, device)
+    imgsz = settings.imgsz or card.imgsz or 0
+    conf = settings.conf or card.conf or STUDY_CONF
+    iou = settings.iou or card.iou or STUDY_IOU
+    max_detections = settings.max_detections
+    if backend is Backend.ONNX:
+        return OnnxRuntimeDetector(
+            weights, device=device, imgsz=imgsz, conf=conf, iou=iou, max_detections=max_detections
+        )
+    if backend is Backend.OPENVINO:
+        return OpenVinoDetector(
+            weights, device=device, imgsz=imgsz, conf=conf, iou=iou, max_detections=max_detections
+        )
+    # torch, and TensorRT engines, which ultralytics loads with the tensorrt package.
     return UltralyticsDetector(
-        weights,
-        device=device,
-        imgsz=settings.imgsz or card.imgsz or 0,
-        conf=settings.conf or card.conf or STUDY_CONF,
-        iou=settings.iou or card.iou or STUDY_IOU,
-        max_detections=settings.max_detections,
+        weights, device=device, imgsz=imgsz, conf=conf, iou=iou, max_detections=max_detections
     )

@@ -88,15 +88,26 @@ class ModelLoadError(RuntimeError):
 
 
 def resolve_device(device: str) -> str:
-    """Map `auto` to `cuda:0` when torch sees a GPU, else `cpu`; pass other values through."""
+    """Map `auto` to `cuda:0` when torch sees a GPU, else `cpu`; pass other values through.
+
+    torch is imported only on a machine that shows an NVIDIA device node, so that a CPU-only
+    service running ONNX Runtime or OpenVINO never loads it.
+    """
     if device != "auto":
         return device
+    if not nvidia_device_present():
+        return "cpu"
     try:
         import torch
 
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
+
+
+def nvidia_device_present() -> bool:
+    """True when the NVIDIA driver exposes a device node (host, or a container given a GPU)."""
+    return Path("/dev/nvidia0").exists() or Path("/dev/dxg").exists()
 
 
 def backend_of(path: Path) -> str:
@@ -204,20 +215,35 @@ class UltralyticsDetector:
         for frame, result in zip(frames, results, strict=True):
             height, width = frame.shape[:2]
             xyxy, confs, classes = _boxes_as_arrays(result)
-            detections = []
-            for box, confidence, class_index in zip(xyxy, confs, classes, strict=True):
-                clean = clip_box_xyxy(box, width, height)
-                if clean is None:
-                    continue
-                class_id = int(class_index)
-                name = (
-                    self._info.class_names[class_id]
-                    if 0 <= class_id < len(self._info.class_names)
-                    else str(class_id)
-                )
-                detections.append(Detection(class_id, name, float(confidence), clean))
-            batch.append(detections)
+            batch.append(
+                detections_from_arrays(xyxy, confs, classes, self._info.class_names, width, height)
+            )
         return batch
+
+
+def detections_from_arrays(
+    boxes_xyxy: np.ndarray,
+    confidences: np.ndarray,
+    class_ids: np.ndarray,
+    class_names: Sequence[str],
+    width: int,
+    height: int,
+) -> list[Detection]:
+    """Build detections from K×4 boxes, K confidences and K class indices of one frame.
+
+    Boxes are clipped to the frame, and a box with no area left inside it is dropped.
+    """
+    detections = []
+    for box, confidence, class_index in zip(
+        boxes_xyxy.tolist(), confidences.tolist(), class_ids.tolist(), strict=True
+    ):
+        clean = clip_box_xyxy(box, width, height)
+        if clean is None:
+            continue
+        class_id = int(class_index)
+        name = class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
+        detections.append(Detection(class_id, name, float(confidence), clean))
+    return detections
 
 
 def _boxes_as_arrays(result: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
