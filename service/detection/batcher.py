@@ -1,9 +1,11 @@
 """One dynamic batcher in front of the detector, shared by every request and stream.
 
 Callers on the event loop `await batcher.detect(frame, deadline_s=...)`. A single worker
-thread takes up to `max_batch_size` queued frames, waiting at most `max_wait_s` for the
-batch to fill, runs the model and resolves each caller's future. The queue is bounded:
-past `queue_limit` waiting frames, `detect` raises `QueueFullError` at once.
+thread takes every queued frame up to `max_batch_size`, runs the model and resolves each
+caller's future. It waits up to `max_wait_s` for a batch to fill only while frames arrive
+faster than one per `max_wait_s`: a lone frame, or a light load, goes to the model at once,
+since waiting would add latency without making a larger batch. The queue is bounded: past
+`queue_limit` waiting frames, `detect` raises `QueueFullError` at once.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -24,6 +27,9 @@ from service.detection.model import Detection, Detector
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+# Weight of the newest gap in the running mean of arrival gaps: about the last ten arrivals count.
+_GAP_WEIGHT = 0.2
 
 
 class BatcherError(RuntimeError):
@@ -115,6 +121,10 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._state = BatcherState.CREATED
         self._batch_started_s: float | None = None
+        # Mean gap between arrivals (exponentially weighted), written on the event loop and
+        # read by the worker; a float attribute is replaced atomically.
+        self._arrival_gap_s = math.inf
+        self._last_arrival_s: float | None = None
 
     @property
     def state(self) -> BatcherState:
@@ -162,6 +172,7 @@ class Batcher:
         if deadline_s <= now:
             raise DeadlineExceededError("the deadline passed before the frame was queued")
 
+        self._note_arrival(now)
         loop = asyncio.get_running_loop()
         item = _Item(frame, deadline_s, now, loop, loop.create_future())
         try:
@@ -180,6 +191,15 @@ class Batcher:
                 f"no detection within the deadline of {deadline_s - now:.3f} s"
             ) from None
 
+    def _note_arrival(self, now_s: float) -> None:
+        if self._last_arrival_s is not None:
+            gap_s = now_s - self._last_arrival_s
+            previous = self._arrival_gap_s
+            self._arrival_gap_s = (
+                gap_s if math.isinf(previous) else previous + _GAP_WEIGHT * (gap_s - previous)
+            )
+        self._last_arrival_s = now_s
+
     # Worker thread
 
     def _run(self) -> None:
@@ -195,14 +215,17 @@ class Batcher:
                 self._predict(live)
 
     def _collect(self, batch: list[_Item]) -> list[_Item]:
-        """Add queued frames to the batch until it is full or `max_wait_s` has passed."""
-        window_end_s = time.monotonic() + self.max_wait_s
+        """Add the frames already queued; then wait up to `max_wait_s` only if more are due."""
         while len(batch) < self.max_batch_size:
             try:
                 batch.append(self._queue.get_nowait())
-                continue
             except queue.Empty:
-                pass
+                break
+        if len(batch) >= self.max_batch_size or self._arrival_gap_s >= self.max_wait_s:
+            return batch
+
+        window_end_s = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
             remaining_s = window_end_s - time.monotonic()
             if remaining_s <= 0:
                 break
