@@ -198,12 +198,14 @@ def draw_overlays(
 ) -> None:
     """Burn annotations into `image_bgr` in place; which ones appear is random."""
     height, width = image_bgr.shape[:2]
+
     margin = int(0.02 * width)
     line_y = int(0.05 * height) + 6
     time_text = f"{int(rng.integers(7, 19)):02d}:{int(rng.integers(0, 60)):02d}"
     _text_block(
         image_bgr, [style.site_name, f"{style.date_text} {time_text}"], (margin, line_y), style
     )
+
     if rng.random() < 0.9:
         gain = int(rng.integers(30, 80))
         rate = frame_rate_hz or int(rng.integers(12, 40))
@@ -220,6 +222,7 @@ def draw_overlays(
             style,
             align_right=True,
         )
+
     if rng.random() < 0.7:
         _text_block(
             image_bgr,
@@ -227,6 +230,7 @@ def draw_overlays(
             (margin, int(0.78 * height)),
             style,
         )
+
     if rng.random() < 0.7:
         _grey_bar(image_bgr, rng, style)
     if rng.random() < 0.8:
