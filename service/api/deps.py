@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
 import hashlib
 import hmac
+import logging
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
@@ -13,6 +15,13 @@ from fastapi import HTTPException, Request
 from service.config import Settings
 from service.metrics import Metrics
 from service.pipeline import FramePipeline
+
+logger = logging.getLogger(__name__)
+
+# A request body that has not fully arrived this long after the handler starts reading it
+# is abandoned with 408, so a client that uploads slowly cannot hold a connection and its
+# buffered bytes indefinitely. The app keeps the value in `app.state.body_read_timeout_s`.
+BODY_READ_TIMEOUT_S = 60.0
 
 
 def get_settings(request: Request) -> Settings:
@@ -46,7 +55,10 @@ class Upload:
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    """Read the whole body in memory, answering 413 as soon as it passes `max_bytes`."""
+    """Read the whole body in memory, answering 413 as soon as it passes `max_bytes`.
+
+    A body that takes longer than `app.state.body_read_timeout_s` to arrive gets a 408.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -55,13 +67,25 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise HTTPException(
                 413, detail=f"body of {declared} bytes is above the limit of {max_bytes} bytes"
             )
+    timeout_s: float = getattr(request.app.state, "body_read_timeout_s", BODY_READ_TIMEOUT_S)
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise HTTPException(413, detail=f"body is above the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise HTTPException(413, detail=f"body is above the limit of {max_bytes} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        request.app.state.metrics.rejections_total.labels(reason="body_timeout").inc()
+        logger.warning("request body timed out after %g s with %d bytes received", timeout_s, size)
+        raise HTTPException(
+            408,
+            detail=f"the request body did not arrive within {timeout_s:g} s: "
+            "retry on a faster connection or send a smaller image",
+            headers={"Connection": "close"},
+        ) from None
     return b"".join(chunks)
 
 
