@@ -78,13 +78,18 @@ class TrainConfig:
 
 
 def train(config: TrainConfig) -> Path:
-    """Train from the model `.yaml` (no pretrained weights) and return the path of best.pt."""
+    """Train from a model `.yaml` or a local `.pt` file and return the path of best.pt.
+
+    A `.pt` that is not on disk is rejected, because ultralytics would try to download it.
+    """
     os.environ["YOLO_OFFLINE"] = "1"
     if not Path(config.data).is_file():
         raise FileNotFoundError(f"dataset YAML not found: {config.data}")
-    if not config.model.endswith((".yaml", ".yml")):
+    is_config = config.model.endswith((".yaml", ".yml"))
+    if not is_config and not Path(config.model).is_file():
         raise ValueError(
-            f"training starts from a model .yaml so nothing is downloaded, got {config.model!r}"
+            f"model must be a .yaml config or an existing local weights file, got "
+            f"{config.model!r}; nothing is downloaded"
         )
     from ultralytics import YOLO
 

@@ -36,8 +36,8 @@ def test_train_config_rejects_bad_imgsz(tmp_path: Path) -> None:
         TrainConfig(data=tmp_path / "d.yaml", imgsz=100)
 
 
-def test_train_rejects_weights_file(tmp_path: Path) -> None:
+def test_train_rejects_missing_weights(tmp_path: Path) -> None:
     data = tmp_path / "d.yaml"
     data.write_text("path: .\n")
-    with pytest.raises(ValueError, match=r"model \.yaml"):
+    with pytest.raises(ValueError, match="existing local weights file"):
         train(TrainConfig(data=data, model="yolov8n.pt"))
