@@ -21,6 +21,12 @@ from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
 Image.MAX_IMAGE_PIXELS = None
 
 JPEG_QUALITY = 95
+# zlib level 1 with the SUB row filter only. libpng's default tries every filter on every
+# row, which made encoding 640×480 and 800×540 ultrasound stills about 40 % slower for 3-8 %
+# fewer bytes (OpenCV 5.1 on 2 CPU cores). Older OpenCV builds lack the filter flag.
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+    PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
 
 
 class ImageFormat(StrEnum):
@@ -143,7 +149,7 @@ def encode_image(pixels: np.ndarray, mode: str, image_format: ImageFormat) -> by
         if pixels.ndim == 3:
             code = cv2.COLOR_RGBA2BGRA if pixels.shape[2] == 4 else cv2.COLOR_RGB2BGR
             pixels = cv2.cvtColor(pixels, code)
-        ok, buffer = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        ok, buffer = cv2.imencode(".png", pixels, PNG_PARAMS)
     if not ok:
         raise RuntimeError(f"OpenCV failed to encode a {image_format.name} image")
     return buffer.tobytes()
