@@ -40,8 +40,9 @@ def test_lean_detector_matches_ultralytics(default_model_path: Path, runtime: ty
     onnx_path = default_model_path.with_suffix(".onnx")
     if not onnx_path.is_file():
         pytest.skip(f"the shipped model has no ONNX export at {onnx_path}")
-    reference = UltralyticsDetector(default_model_path, device="cpu", conf=0.318, iou=0.6)
-    lean = runtime(onnx_path, imgsz=reference.info.imgsz, conf=0.318, iou=0.6)
+    # A low threshold, so that there are many boxes to compare.
+    reference = UltralyticsDetector(default_model_path, device="cpu", conf=0.05, iou=0.6)
+    lean = runtime(onnx_path, imgsz=reference.info.imgsz, conf=0.05, iou=0.6)
     frames = _phantom_frames(6)
 
     found = 0
@@ -54,14 +55,14 @@ def test_lean_detector_matches_ultralytics(default_model_path: Path, runtime: ty
             assert abs(ours.confidence - theirs.confidence) < 0.01
             assert _iou(ours.box_xyxy, theirs.box_xyxy) > 0.98
         found += len(expected)
-    assert found > 0, "the shipped model found nothing on phantom stills with a target"
+    assert found > 0, "the shipped model found nothing on phantom stills at confidence 0.05"
 
 
 def test_batch_gives_same_boxes_as_single_frames(default_model_path: Path) -> None:
     onnx_path = default_model_path.with_suffix(".onnx")
     if not onnx_path.is_file():
         pytest.skip(f"the shipped model has no ONNX export at {onnx_path}")
-    detector = OnnxRuntimeDetector(onnx_path)
+    detector = OnnxRuntimeDetector(onnx_path, conf=0.05)
     frames = _phantom_frames(4)
     batched = detector.predict(frames)
     for frame, in_batch in zip(frames, batched, strict=True):
