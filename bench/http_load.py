@@ -66,9 +66,18 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def run_server(
-    name: str, app: str, env: dict[str, str], *, factory: bool = False, ready_path: str = "/readyz"
+    name: str,
+    app: str,
+    env: dict[str, str],
+    *,
+    factory: bool = False,
+    ready_path: str = "/readyz",
+    source: Path | None = None,
 ) -> Iterator[ServerProcess]:
-    """Start `uvicorn app` on a free loopback port and wait until `ready_path` returns 200."""
+    """Start `uvicorn app` on a free loopback port and wait until `ready_path` returns 200.
+
+    `source` runs the app from another checkout of the repository, ahead of the installed one.
+    """
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--log-level", "warning", "--no-access-log"]
@@ -76,9 +85,15 @@ def run_server(
         command.append("--factory")
     log_path = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
     full_env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_VERBOSE": "False", **env}
+    if source is not None:
+        full_env["PYTHONPATH"] = str(source)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
+            command,
+            cwd=source or REPO_ROOT,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     server = ServerProcess(name, process, f"http://127.0.0.1:{port}", log_path)
     try:
