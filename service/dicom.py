@@ -36,7 +36,7 @@ import pydicom.config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, convert_color_space, iter_pixels
+from pydicom.pixels import apply_color_lut, iter_pixels
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders import (
     JPEG2000LosslessEncoder,
@@ -289,7 +289,7 @@ def _read_source(data: bytes, settings: Settings) -> _Source:
     _check_identity(dataset)
     rows, columns, frames = _check_dimensions(dataset, settings)
     photometric = _check_pixel_description(dataset)
-    native = _NativeFormat.for_dataset(dataset, transfer_syntax, rows, columns)
+    native = _NativeFormat.for_dataset(dataset, rows, columns)
 
     lossy_method, ratio = _pending_lossy_record(dataset, transfer_syntax, rows, columns, frames)
     for tag in _ATTRIBUTES_DROPPED:
@@ -521,8 +521,10 @@ class _NativeFormat:
     """How decoded frames of one instance store their pixels, and black and white in them.
 
     `decoded_photometric` is the Photometric Interpretation of the decoded frames, which
-    is also the one written out: JPEG-family decoders return RGB for YBR sources, and
-    pydicom returns YBR_FULL_422 frames upsampled to YBR_FULL.
+    is also the one written out. YBR_FULL and YBR_FULL_422 frames are decoded without
+    colour conversion, which is faster and adds no rounding, and pydicom upsamples
+    YBR_FULL_422 chroma, so both are written as YBR_FULL. JPEG 2000 decoders return RGB
+    for YBR_ICT and YBR_RCT.
     """
 
     decoded_photometric: str
@@ -537,9 +539,7 @@ class _NativeFormat:
     detection_area: tuple[tuple[int, int, int, int], ...]  # (left, top, right, bottom)
 
     @classmethod
-    def for_dataset(
-        cls, dataset: Dataset, transfer_syntax: UID, rows: int, columns: int
-    ) -> _NativeFormat:
+    def for_dataset(cls, dataset: Dataset, rows: int, columns: int) -> _NativeFormat:
         photometric = str(dataset.PhotometricInterpretation).strip()
         bits_allocated = int(dataset.BitsAllocated)
         bits_stored = int(dataset.get("BitsStored", bits_allocated) or bits_allocated)
@@ -547,9 +547,7 @@ class _NativeFormat:
         low = -(1 << (bits_stored - 1)) if signed else 0
         high = (1 << (bits_stored - 1)) - 1 if signed else (1 << bits_stored) - 1
 
-        keeps_ybr = photometric in _YBR_KEPT_NATIVE and (
-            transfer_syntax in _NATIVE_SYNTAXES or transfer_syntax == RLELossless
-        )
+        keeps_ybr = photometric in _YBR_KEPT_NATIVE
         palette_bgr = None
         if photometric in _MONOCHROME:
             decoded, samples = photometric, 1
@@ -607,7 +605,8 @@ class _NativeFormat:
             return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
         colour = self._colour_uint8(native)
         if self.decoded_photometric == "YBR_FULL":
-            colour = convert_color_space(colour, "YBR_FULL", "RGB")
+            # OpenCV's full-range YCrCb is YBR_FULL with the chroma channels swapped.
+            return cv2.cvtColor(colour[..., [0, 2, 1]], cv2.COLOR_YCrCb2BGR)
         return cv2.cvtColor(colour, cv2.COLOR_RGB2BGR)
 
     def _grey_uint8(self, native: np.ndarray) -> np.ndarray:
@@ -746,6 +745,7 @@ class _FrameWriter:
     encoder_options: dict[str, Any]
     big_endian: bool
     bits_allocated: int
+    planar_configuration: int | None  # None for one sample a pixel
 
     @classmethod
     def for_source(cls, source: _Source) -> _FrameWriter:
@@ -762,6 +762,11 @@ class _FrameWriter:
         if encoder is not None and transfer_syntax == JPEG2000Lossless and native.samples == 3:
             # The encoder applies the reversible colour transform when told YBR_RCT.
             photometric = "YBR_RCT" if source.photometric == "YBR_RCT" else "RGB"
+        planar_configuration = None
+        if native.samples == 3:
+            # The ultrasound image modules require colour-by-plane for YBR_FULL and
+            # colour-by-pixel for RGB. Other image modules allow either.
+            planar_configuration = 1 if photometric == "YBR_FULL" else 0
 
         options: dict[str, Any] = {}
         if encoder is not None:
@@ -775,8 +780,8 @@ class _FrameWriter:
                 "photometric_interpretation": photometric,
                 "number_of_frames": 1,
             }
-            if native.samples == 3:
-                options["planar_configuration"] = 0
+            if planar_configuration is not None:
+                options["planar_configuration"] = planar_configuration
             if "pylibjpeg" in encoder.available_plugins and encoder is RLELosslessEncoder:
                 # The compiled RLE encoder is several times faster than pydicom's own.
                 options["encoding_plugin"] = "pylibjpeg"
@@ -787,6 +792,7 @@ class _FrameWriter:
             encoder_options=options,
             big_endian=transfer_syntax == ExplicitVRBigEndian,
             bits_allocated=native.bits_allocated,
+            planar_configuration=planar_configuration,
         )
 
     def encode(self, frame: np.ndarray) -> bytes:
@@ -794,6 +800,8 @@ class _FrameWriter:
         frame = np.ascontiguousarray(frame)
         if self.encoder is not None:
             return self.encoder.encode(frame, **self.encoder_options)
+        if self.planar_configuration == 1:
+            frame = frame.transpose(2, 0, 1)
         if frame.dtype.itemsize > 1:
             frame = frame.astype(frame.dtype.newbyteorder(">" if self.big_endian else "<"))
         return frame.tobytes()
@@ -858,8 +866,8 @@ def _set_pixel_data(
     dataset.PixelData = value
     dataset["PixelData"].VR = vr
     dataset.PhotometricInterpretation = writer.photometric
-    if source.native.samples == 3:
-        dataset.PlanarConfiguration = 0
+    if writer.planar_configuration is not None:
+        dataset.PlanarConfiguration = writer.planar_configuration
 
 
 def _drop_pixel_carriers(dataset: Dataset) -> None:

@@ -179,7 +179,13 @@ class Case:
 
 CASES = [
     # pydicom's test files
-    Case("ybr_cine_jpeg", lambda: pydicom_file("examples_ybr_color.dcm"), RLELossless, True, "RGB"),
+    Case(
+        "ybr_cine_jpeg",
+        lambda: pydicom_file("examples_ybr_color.dcm"),
+        RLELossless,
+        True,
+        "YBR_FULL",
+    ),
     Case(
         "rgb", lambda: pydicom_file("examples_rgb_color.dcm"), ExplicitVRLittleEndian, False, "RGB"
     ),
