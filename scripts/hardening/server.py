@@ -4,7 +4,8 @@ The hardening checks need what an in-process server cannot give: the resident me
 the server alone, its log output exactly as an operator sees it, and every file it opens
 for writing. The child runs the real CLI under a Python audit hook that reports each
 write-mode `open`, `mkdir`, `rename` and `remove` as a JSON line on stderr, so a test can
-tell which files the server itself touched.
+tell which files the server itself touched. The child also offers only 127.0.0.1 as its
+ICE host candidate, so stream media stays on loopback.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def _hook(event, args):
         _report(event, args[0])
 
 sys.addaudithook(_hook)
+
+# aioice leaves loopback out of its host candidates; keep stream media on 127.0.0.1.
+import aioice.ice
+aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
 from service.cli import main
 sys.exit(main(["serve"]))
 """
