@@ -9,8 +9,9 @@ Measured per run:
 - round trip: the client's send instant to the masked frame's arrival, by the frame's number;
 - drop rate: frames sent that never came back (the latest-frame policy drops stale ones);
 - exposure: returned frames whose true target box is less than 95 % covered by black,
-  by the decision the service took, and returned frames that were neither checked by the
-  detector nor blanked (must be 0).
+  by the decision the service took;
+- frames without message: returned frames beyond the per-frame messages (must be 0, since
+  the service sends a message for every frame it checked or blanked).
 
 Usage: python bench/bench_streams.py [--streams 4] [--fps 15] [--size 640x480] [--seconds 20]
 Writes JSON to bench/results/ (see --out). It is not a test, and runs for --seconds plus the
@@ -57,25 +58,37 @@ COVERED_SHARE = 0.95
 
 
 def stamp_index(image: np.ndarray, index: int) -> np.ndarray:
-    """Write `index` as black and white 16×16 cells, after one white cell, in the top-left."""
+    """Write `index` as 16×16 cells in the top-left: a start cell and the bits, then the inverse.
+
+    A mask drawn over the marker makes it unreadable instead of changing the index.
+    """
     out = image.copy()
     bits = [1] + [(index >> bit) & 1 for bit in range(INDEX_BITS)]
     for position, bit in enumerate(bits):
-        out[0:CELL_PX, position * CELL_PX : (position + 1) * CELL_PX] = 255 if bit else 0
+        columns = slice(position * CELL_PX, (position + 1) * CELL_PX)
+        out[0:CELL_PX, columns] = 255 if bit else 0
+        out[CELL_PX : 2 * CELL_PX, columns] = 0 if bit else 255
     return out
 
 
 def read_index(image: np.ndarray) -> int | None:
     quarter = CELL_PX // 4
 
-    def lit(position: int) -> bool:
+    def lit(row: int, position: int) -> bool:
+        top = row * CELL_PX + quarter
         left = position * CELL_PX + quarter
-        patch = image[quarter : CELL_PX - quarter, left : left + CELL_PX - 2 * quarter]
+        patch = image[top : top + CELL_PX // 2, left : left + CELL_PX // 2]
         return float(patch.mean()) > 127.0
 
-    if not lit(0):
+    bits = []
+    for position in range(INDEX_BITS + 1):
+        upper, lower = lit(0, position), lit(1, position)
+        if upper == lower:
+            return None
+        bits.append(upper)
+    if not bits[0]:
         return None
-    return sum(1 << bit for bit in range(INDEX_BITS) if lit(bit + 1))
+    return sum(1 << bit for bit in range(INDEX_BITS) if bits[bit + 1])
 
 
 def covered_share(returned: np.ndarray, original: np.ndarray, box: tuple[float, ...]) -> float:
@@ -127,7 +140,7 @@ class StreamResult:
     round_trip_ms: list[float] = field(default_factory=list)
     target_frames: int = 0
     exposed_by_decision: dict[str, int] = field(default_factory=dict)
-    unmarked_not_blanked: int = 0
+    unreadable_marker: int = 0
 
 
 async def run_stream(
@@ -176,8 +189,9 @@ async def run_stream(
     for position, (arrived_s, image) in enumerate(arrivals):
         number = read_index(image)
         if number is None or number >= len(track.sent_s):
+            # Blanked frames carry no marker; a mask over the marker also hides it.
             if not is_blanked(image):
-                result.unmarked_not_blanked += 1
+                result.unreadable_marker += 1
             continue
         result.round_trip_ms.append((arrived_s - track.sent_s[number]) * 1000.0)
         frame_index = number % len(originals)
@@ -309,7 +323,8 @@ def summarize(
         "target_frames_returned": target_frames,
         "exposed_target_frames_by_decision": exposed,
         "exposure_rate": round(sum(exposed.values()) / target_frames, 4) if target_frames else None,
-        "unchecked_frames": sum(r.unmarked_not_blanked for r in results),
+        "frames_with_unreadable_marker": sum(r.unreadable_marker for r in results),
+        "frames_without_message": max(0, returned - sum(len(r.messages) for r in results)),
         "streams_active_at_end": _metric(metrics_text, "sonomask_streams_active"),
     }
 

@@ -1,8 +1,8 @@
 """A real aiortc client peer for stream tests, and loopback-only ICE for every peer in the process.
 
-The client sends numbered frames. Each frame carries its index as a row of black and white
-16×16 cells in its top-left corner. The cells survive VP8 coding, so a frame that comes back
-can be matched with the frame that went out.
+The client sends numbered frames. Each frame carries its index as black and white 16×16
+cells in its top-left corner. The cells survive VP8 coding, so a frame that comes back can be
+matched with the frame that went out.
 """
 
 from __future__ import annotations
@@ -41,30 +41,41 @@ def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def stamp_index(image_bgr: np.ndarray, index: int) -> np.ndarray:
-    """Return a copy of the frame with `index` written as cells in the top-left corner."""
+    """Return a copy of the frame with `index` written as cells in the top-left corner.
+
+    The first row holds a white start cell and the bits, the second row their inverse, so a
+    mask drawn over the marker makes it unreadable instead of changing the index.
+    """
     out = image_bgr.copy()
     cell = MARKER_CELL_PX
-    # One always-white cell first, so a frame without a marker decodes as None.
     bits = [1] + [(index >> bit) & 1 for bit in range(MARKER_BITS)]
     for position, bit in enumerate(bits):
-        out[0:cell, position * cell : (position + 1) * cell] = 255 if bit else 0
+        columns = slice(position * cell, (position + 1) * cell)
+        out[0:cell, columns] = 255 if bit else 0
+        out[cell : 2 * cell, columns] = 0 if bit else 255
     return out
 
 
 def read_index(image_bgr: np.ndarray) -> int | None:
-    """Decode the index written by `stamp_index`; None when the corner carries no marker."""
+    """Decode the index written by `stamp_index`; None when the marker is missing or damaged."""
     cell = MARKER_CELL_PX
     quarter = cell // 4
 
-    def lit(position: int) -> bool:
-        patch = image_bgr[
-            quarter : cell - quarter, position * cell + quarter : (position + 1) * cell - quarter
-        ]
+    def lit(row: int, position: int) -> bool:
+        top = row * cell + quarter
+        left = position * cell + quarter
+        patch = image_bgr[top : top + cell // 2, left : left + cell // 2]
         return float(patch.mean()) > 127.0
 
-    if not lit(0):
+    bits = []
+    for position in range(MARKER_BITS + 1):
+        upper, lower = lit(0, position), lit(1, position)
+        if upper == lower:
+            return None
+        bits.append(upper)
+    if not bits[0]:
         return None
-    return sum(1 << bit for bit in range(MARKER_BITS) if lit(bit + 1))
+    return sum(1 << bit for bit in range(MARKER_BITS) if bits[bit + 1])
 
 
 class NumberedTrack(MediaStreamTrack):
