@@ -192,6 +192,8 @@ def run_server(
     finally:
         stop_server(server)
         reader.join(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def wait_until_ready(server: ServerProcess, timeout_s: float) -> None:
