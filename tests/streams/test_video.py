@@ -137,3 +137,22 @@ def test_video_clock_caps_hold_in_video_time() -> None:
         decisions.append(tracker.update(frame, boxes, now_s=1000.0).decision.value)
 
     assert decisions == ["masked", "held", "held", "clear", "clear"]
+
+
+@pytest.mark.parametrize("clip", ["low-frame-count.mov", "odd-window-size.mov"])
+async def test_real_clip_keeps_count_size_and_rate(
+    shared_data: Path, tmp_path: Path, untrained_model_path: Path, clip: str
+) -> None:
+    source = shared_data / "video" / clip
+    if not source.is_file():
+        pytest.skip(f"real clip not found: {source}")
+    output = tmp_path / "masked.mp4"
+    settings = Settings(model_path=untrained_model_path, max_wait_ms=1.0)
+    async with local_pipeline(settings) as pipeline:
+        report = await mask_video(pipeline, source, output, HoldConfig())
+
+    size_wh, fps, _ = probe_video(source)
+    assert probe_video(output)[:2] == (size_wh, fps)
+    assert report.frames == len(read_back(source))
+    assert len(read_back(output)) == report.frames
+    assert report.decisions == {"clear": report.frames}
