@@ -45,6 +45,7 @@ from pydicom.pixels.encoders import (
 )
 from pydicom.pixels.encoders.base import Encoder
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.codedict import codes
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -102,7 +103,7 @@ _LOSSY_METHODS: dict[str, str] = {
 _ALWAYS_LOSSY = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
 
 _MONOCHROME = frozenset({"MONOCHROME1", "MONOCHROME2"})
-_YBR_KEPT_NATIVE = frozenset({"YBR_FULL", "YBR_FULL_422"})
+_YBR_DECODED_RAW = frozenset({"YBR_FULL", "YBR_FULL_422"})
 _SUPPORTED_PHOTOMETRIC = frozenset(
     {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422"}
     | {"YBR_ICT", "YBR_RCT"}
@@ -124,8 +125,7 @@ _ATTRIBUTES_DROPPED = (
     0xFFFCFFFC,  # Data Set Trailing Padding
 )
 
-# DICOM code DCM 121322, from the context group of purposes of reference to a source image.
-_PURPOSE_CODE = ("121322", "DCM", "Source image for image processing operation")
+_PURPOSE_OF_REFERENCE = codes.DCM.SourceImageForImageProcessingOperation  # DCM 121322
 
 _IMPLEMENTATION_CLASS_UID = generate_uid(entropy_srcs=["sonomask DICOM writer"])
 
@@ -169,10 +169,53 @@ async def mask_instance(
     received_s = time.monotonic()
     _quiet_pydicom_validation()
     source = await asyncio.to_thread(_read_source, data, settings)
-    tracker = new_tracker() if new_tracker is not None else None
-    reader = _FrameReader(data, source)
     writer = _FrameWriter.for_source(source)
+    tracker = new_tracker() if new_tracker is not None else None
 
+    outcomes, encoded = await _mask_frames(
+        data, source, writer, pipeline, spec, tracker, blank_on_failure
+    )
+
+    decisions = _count_decisions(outcomes)
+    output, lossy = await asyncio.to_thread(
+        _build_instance, source, writer, encoded, decisions, pipeline.model_id, settings
+    )
+    for outcome in outcomes:
+        pipeline.record("dicom", outcome, received_s)
+    logger.info(
+        "masked DICOM instance: %d frame(s) of %dx%d, %s -> %s, %d bytes in, %d bytes out, %s",
+        source.frames,
+        source.columns,
+        source.rows,
+        source.transfer_syntax.name,
+        writer.transfer_syntax.name,
+        len(data),
+        len(output),
+        decisions,
+    )
+    return MaskedInstance(
+        data=output,
+        frames=source.frames,
+        decisions=decisions,
+        transfer_syntax_uid=str(writer.transfer_syntax),
+        lossy=lossy,
+    )
+
+
+async def _mask_frames(
+    data: bytes,
+    source: _Source,
+    writer: _FrameWriter,
+    pipeline: FramePipeline,
+    spec: MaskSpec | None,
+    tracker: FrameTracker | None,
+    blank_on_failure: bool,
+) -> tuple[list[FrameOutcome], list[bytes]]:
+    """Check, mask and encode every frame in order; return the outcomes and encoded frames.
+
+    Only one decoded frame is held at a time, plus the one being encoded.
+    """
+    reader = _FrameReader(data, source)
     outcomes: list[FrameOutcome] = []
     encoded: list[bytes] = []
     decoding: asyncio.Future[tuple[np.ndarray, np.ndarray]] = asyncio.ensure_future(
@@ -180,8 +223,11 @@ async def mask_instance(
     )
     encoding: asyncio.Future[bytes] | None = None
     try:
-        # Frames are checked one at a time and in order, so the tracker sees a cine in
-        # sequence. Decoding the next frame and encoding the last one overlap with it.
+        # The tracker must get the frames in order, so they go to the detector one at a
+        # time. Decoding the next frame and encoding the previous one overlap with it.
+        # NOTE: a cine therefore never fills a detector batch by itself. Running
+        # detection ahead and applying the tracker afterwards would need the pipeline to
+        # expose its tracking step.
         for index in range(source.frames):
             native, frame_bgr = await decoding
             if index + 1 < source.frames:
@@ -207,34 +253,7 @@ async def mask_instance(
         for pending in (decoding, encoding):
             if pending is not None and not pending.done():
                 pending.cancel()
-
-    decisions = _count_decisions(outcomes)
-    dataset = await asyncio.to_thread(
-        _derive_dataset, source, writer, encoded, decisions, pipeline.model_id, settings
-    )
-    del encoded
-    output = await asyncio.to_thread(_write_part10, dataset)
-
-    for outcome in outcomes:
-        pipeline.record("dicom", outcome, received_s)
-    logger.info(
-        "masked DICOM instance: %d frame(s) of %dx%d, %s -> %s, %d bytes in, %d bytes out, %s",
-        source.frames,
-        source.columns,
-        source.rows,
-        source.transfer_syntax.name,
-        writer.transfer_syntax.name,
-        len(data),
-        len(output),
-        decisions,
-    )
-    return MaskedInstance(
-        data=output,
-        frames=source.frames,
-        decisions=decisions,
-        transfer_syntax_uid=str(writer.transfer_syntax),
-        lossy=dataset.get("LossyImageCompression") == "01",
-    )
+    return outcomes, encoded
 
 
 def _quiet_pydicom_validation() -> None:
@@ -547,7 +566,7 @@ class _NativeFormat:
         low = -(1 << (bits_stored - 1)) if signed else 0
         high = (1 << (bits_stored - 1)) - 1 if signed else (1 << bits_stored) - 1
 
-        keeps_ybr = photometric in _YBR_KEPT_NATIVE
+        keeps_ybr = photometric in _YBR_DECODED_RAW
         palette_bgr = None
         if photometric in _MONOCHROME:
             decoded, samples = photometric, 1
@@ -664,8 +683,10 @@ def _palette_bgr(dataset: Dataset, bits_stored: int) -> np.ndarray:
             f"the palette lookup tables are invalid: {exc}", status_code=422
         ) from None
     if rgb.dtype != np.uint8:
-        # pydicom scales 8-bit palette entries to 16 bits, so the top byte is the colour.
-        rgb = (rgb.astype(np.uint32) >> 8).astype(np.uint8)
+        # 16-bit entries keep their top byte, unless every entry fits in 8 bits, as when a
+        # writer stores 8-bit colours in 16-bit entries.
+        shift = 8 if int(rgb.max()) > 255 else 0
+        rgb = (rgb.astype(np.uint32) >> shift).astype(np.uint8)
     return np.ascontiguousarray(rgb[:, ::-1])
 
 
@@ -754,7 +775,11 @@ class _FrameWriter:
         encoder = None
         if transfer_syntax not in _NATIVE_SYNTAXES:
             candidate = _LOSSLESS_ENCODERS.get(transfer_syntax)
-            if candidate is None or not candidate.is_available:
+            # JPEG 2000 and JPEG-LS would need their own colour transforms for YBR_FULL.
+            ybr_outside_rle = native.decoded_photometric == "YBR_FULL" and (
+                transfer_syntax != RLELossless
+            )
+            if candidate is None or not candidate.is_available or ybr_outside_rle:
                 transfer_syntax, candidate = _FALLBACK_SYNTAX, _LOSSLESS_ENCODERS[_FALLBACK_SYNTAX]
             encoder = candidate
 
@@ -821,7 +846,14 @@ class _FrameWriter:
 def _mask_and_encode(
     native_format: _NativeFormat, writer: _FrameWriter, outcome: FrameOutcome, native: np.ndarray
 ) -> bytes:
-    return writer.encode(native_format.render(outcome, native))
+    rendered = native_format.render(outcome, native)
+    try:
+        return writer.encode(rendered)
+    except (ValueError, RuntimeError) as exc:  # pydicom's encoders reject what they cannot hold
+        raise DicomInputError(
+            f"a masked frame could not be encoded as {writer.transfer_syntax.name}: {exc}",
+            status_code=422,
+        ) from None
 
 
 def _derive_dataset(
@@ -931,12 +963,41 @@ def _derivation_description(dataset: Dataset, decisions: dict[str, int], model_i
 
 def _source_image_sequence(sop_class: UID, sop_instance: UID) -> DicomSequence:
     code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = _PURPOSE_CODE
+    code.CodeValue = _PURPOSE_OF_REFERENCE.value
+    code.CodingSchemeDesignator = _PURPOSE_OF_REFERENCE.scheme_designator
+    code.CodeMeaning = _PURPOSE_OF_REFERENCE.meaning
     reference = Dataset()
     reference.ReferencedSOPClassUID = sop_class
     reference.ReferencedSOPInstanceUID = sop_instance
     reference.PurposeOfReferenceCodeSequence = DicomSequence([code])
     return DicomSequence([reference])
+
+
+def _build_instance(
+    source: _Source,
+    writer: _FrameWriter,
+    encoded: list[bytes],
+    decisions: dict[str, int],
+    model_id: str,
+    settings: Settings,
+) -> tuple[bytes, bool]:
+    """Write the derived instance as a Part 10 file; also return whether it records loss.
+
+    NOTE: the encoded frames, the joined Pixel Data and the written file are in memory
+    together, so the peak is about three times the output size.
+    """
+    try:
+        dataset = _derive_dataset(source, writer, encoded, decisions, model_id, settings)
+        encoded.clear()
+        output = _write_part10(dataset)
+    except Exception as exc:  # pydicom raises many types for values it cannot write back
+        # The message of a writer error may quote a header value, so only its type is kept.
+        raise DicomInputError(
+            f"the derived instance could not be written ({type(exc).__name__}); "
+            "a header attribute of the source may hold a value that cannot be encoded",
+            status_code=422,
+        ) from None
+    return output, dataset.get("LossyImageCompression") == "01"
 
 
 def _write_part10(dataset: Dataset) -> bytes:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 from service.dicom import mask_instance
@@ -167,3 +171,45 @@ async def test_lossy_source_records_its_method(pipeline: FramePipeline) -> None:
     assert header.LossyImageCompressionMethod == "ISO_15444_1"
     assert float(header.LossyImageCompressionRatio) > 1.0
     assert pydicom.uid.UID(result.transfer_syntax_uid).is_compressed
+
+
+def _with_pixel_carriers() -> bytes:
+    """US1 with an icon, an icon nested in a sequence, and large and small private values."""
+    from .conftest import real_file, to_part10
+
+    dataset = pydicom.dcmread(io.BytesIO(real_file("US1_UNCR.dcm")))
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.SamplesPerPixel = 8, 8, 1
+    icon.PhotometricInterpretation = "MONOCHROME2"
+    icon.BitsAllocated, icon.BitsStored, icon.HighBit, icon.PixelRepresentation = 8, 8, 7, 0
+    icon.PixelData = bytes(range(64))
+    dataset.IconImageSequence = Sequence([icon])
+    referenced = Dataset()
+    referenced.ReferencedSOPClassUID = dataset.SOPClassUID
+    referenced.ReferencedSOPInstanceUID = dataset.SOPInstanceUID
+    referenced.IconImageSequence = Sequence([icon])
+    dataset.ReferencedImageSequence = Sequence([referenced])
+    block = dataset.private_block(0x0011, "SONOMASK TEST", create=True)
+    block.add_new(0x01, "OB", bytes(8192))
+    block.add_new(0x02, "OB", bytes(16))
+    return to_part10(dataset)
+
+
+async def test_pixel_carriers_are_removed(pipeline: FramePipeline) -> None:
+    source = _with_pixel_carriers()
+    result = await mask_instance(
+        source,
+        pipeline,
+        spec=None,
+        new_tracker=None,
+        blank_on_failure=False,
+        settings=dicom_settings(),
+    )
+    derived = read_header(result.data)
+    block = derived.private_block(0x0011, "SONOMASK TEST")
+
+    assert "IconImageSequence" not in derived
+    assert "IconImageSequence" not in derived.ReferencedImageSequence[0]
+    assert "ReferencedSOPInstanceUID" in derived.ReferencedImageSequence[0]
+    assert 0x01 not in block
+    assert block[0x02].value == bytes(16)
