@@ -50,6 +50,12 @@ _SIGNATURES = {
     ImageFormat.PNG: b"\x89PNG\r\n\x1a\n",
 }
 
+# PNG chunks that carry pixels or colour information and nothing else. Text, EXIF, ICC
+# profiles, animation frames and private chunks are absent from this set.
+_PIXEL_ONLY_PNG_CHUNKS = frozenset(
+    {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"pHYs"}
+)
+
 # Each format is opened with its own Pillow class, never through `Image.open`, because
 # importing ultralytics (8.4) replaces `Image.open` with a wrapper that handles a file Pillow
 # cannot identify by calling its requirement check for pi-heif and importing it. Offline
@@ -153,6 +159,26 @@ def encode_image(pixels: np.ndarray, mode: str, image_format: ImageFormat) -> by
     if not ok:
         raise RuntimeError(f"OpenCV failed to encode a {image_format.name} image")
     return buffer.tobytes()
+
+
+def png_has_only_pixel_chunks(data: bytes) -> bool:
+    """True when a PNG contains only pixel and colour chunks, and no bytes after IEND.
+
+    Such a file can be returned byte for byte when nothing in it was masked: it shows the
+    pixels the detector checked and carries no metadata that re-encoding would remove.
+    """
+    if not data.startswith(_SIGNATURES[ImageFormat.PNG]):
+        return False
+    offset = len(_SIGNATURES[ImageFormat.PNG])
+    while offset + 12 <= len(data):
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8]
+        if kind not in _PIXEL_ONLY_PNG_CHUNKS:
+            return False
+        offset += 12 + length  # length, type and CRC fields around the chunk data
+        if kind == b"IEND":
+            return offset == len(data)
+    return False
 
 
 def opaque_regions(pixels: np.ndarray, regions: list[tuple[int, int, int, int]]) -> None:

@@ -15,17 +15,19 @@ from pydantic import BaseModel
 from service.api.deps import Upload, get_pipeline, get_settings, read_upload
 from service.codecs import (
     DecodedImage,
+    ImageFormat,
     ImageInputError,
     decode_image,
     encode_image,
     format_for_media_type,
     opaque_regions,
+    png_has_only_pixel_chunks,
 )
 from service.config import MaskStyle, Settings
 from service.dicom import DicomInputError, mask_instance
 from service.masking import MaskSpec, expand_box_xyxy
 from service.pipeline import FailureReason, FrameCheckFailedError, FrameOutcome, FramePipeline
-from service.tracking import HoldConfig, Tracker
+from service.tracking import Decision, HoldConfig, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +141,15 @@ def _render(decoded: DecodedImage, outcome: FrameOutcome) -> np.ndarray:
     return out
 
 
+def _returns_upload_as_is(decoded: DecodedImage, outcome: FrameOutcome, data: bytes) -> bool:
+    """True for a checked PNG with nothing to mask and no metadata: encoding it again is waste."""
+    return (
+        outcome.decision is Decision.CLEAR
+        and decoded.format is ImageFormat.PNG
+        and png_has_only_pixel_chunks(data)
+    )
+
+
 def _render_and_encode(decoded: DecodedImage, outcome: FrameOutcome) -> bytes:
     """Render and encode in one worker-thread call, which saves a thread hop per image."""
     pixels = _render(decoded, outcome)
@@ -179,7 +190,10 @@ async def mask_image(
     if outcome.blanked and on_failure == "error":
         raise _refuse(request, outcome)
 
-    body = await asyncio.to_thread(_render_and_encode, decoded, outcome)
+    if _returns_upload_as_is(decoded, outcome, upload.data):
+        body = upload.data
+    else:
+        body = await asyncio.to_thread(_render_and_encode, decoded, outcome)
     pipeline.record("rest", outcome, received_s)
 
     headers = {
