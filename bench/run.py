@@ -253,7 +253,6 @@ def _load_phases(
     )
     phases["c1"] = asyncio.run(single).as_dict()
     for concurrency in (8, 32):
-        spy = _start_profile(server, profile, args.duration_s) if concurrency == 8 else None
         load = run_load(
             server,
             "/v1/mask",
@@ -263,26 +262,35 @@ def _load_phases(
             duration_s=args.duration_s,
         )
         phases[f"c{concurrency}"] = asyncio.run(load).as_dict()
-        if spy is not None:
-            spy.wait(timeout=args.duration_s + 60)
     for name, phase in phases.items():
         print(
             f"    {name}: p50 {phase['latency_p50_ms']:.1f} ms, p95 {phase['latency_p95_ms']:.1f}"
             f" ms, {phase['throughput_per_s']:.1f} images/s, failed {phase['requests_failed']}"
         )
     phases["memory"] = server.memory_mib()
+    if profile is not None:
+        record_profile(server, bodies, profile, args.duration_s)
     return phases
 
 
-def _start_profile(
-    server: ServerProcess, svg: Path | None, duration_s: float
-) -> subprocess.Popen[bytes] | None:
-    if svg is None:
-        return None
+def record_profile(
+    server: ServerProcess, bodies: list[bytes], svg: Path, duration_s: float
+) -> None:
+    """Write a py-spy flame graph of the server under 8 clients, in a phase of its own.
+
+    The sampler takes CPU from the server, so this phase's figures are not kept.
+    """
     svg.parent.mkdir(parents=True, exist_ok=True)
-    command = ["py-spy", "record", "--pid", str(server.pid), "--output", str(svg)]
-    command += ["--duration", str(max(1, int(duration_s))), "--rate", "200", "--nonblocking"]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    py_spy = Path(sys.executable).with_name("py-spy")
+    command = [str(py_spy), "record", "--pid", str(server.pid), "--output", str(svg)]
+    command += ["--duration", str(max(1, int(duration_s))), "--rate", "100", "--nonblocking"]
+    sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load = run_load(
+        server, "/v1/mask", bodies, content_type="image/png", concurrency=8, duration_s=duration_s
+    )
+    asyncio.run(load)
+    sampler.wait(timeout=duration_s + 60)
+    print(f"    flame graph: {svg}")
 
 
 def benchmark_sonomask(
