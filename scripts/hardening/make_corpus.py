@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 MASK_ROUTE = "/v1/mask"
 DETECT_ROUTE = "/v1/detect"
@@ -562,52 +562,64 @@ def detect_cases() -> Iterator[Case]:
 
 
 def dicom_cases() -> Iterator[Case]:
-    """Broken DICOM instances sent as application/dicom."""
+    """Broken and awkward-but-valid DICOM instances sent as application/dicom."""
     media_type = "application/dicom"
     valid = dicom_bytes(rows=32, columns=48)
-    yield Case("dicom empty", b"", media_type, DICOM_REJECTED, kind="dicom")
+    broken = {
+        "dicom empty": b"",
+        "dicom random bytes": random_bytes(4096, 10),
+        "dicom preamble only": b"\x00" * 128 + b"DICM",
+        "dicom truncated header": valid[:200],
+        "dicom truncated pixel data": valid[: len(valid) - 500],
+        "dicom without pixel data": dicom_bytes(pixel_data=False),
+        "dicom structured report": dicom_report_bytes(),
+        "dicom zero rows": dicom_bytes(rows=0, columns=16),
+        "dicom frames missing": dicom_bytes(rows=16, columns=16, frames_claimed=3),
+        "dicom short pixel data": dicom_bytes(pixel_bytes=b"\x00" * 100),
+        "png labelled dicom": png_bytes(),
+    }
+    for name, body in broken.items():
+        yield Case(name, body, media_type, DICOM_REJECTED, kind="dicom")
+    # pydicom may read bytes after the last element as more elements or stop before them.
     yield Case(
-        "dicom random bytes", random_bytes(4096, 10), media_type, DICOM_REJECTED, kind="dicom"
-    )
-    yield Case(
-        "dicom preamble only", b"\x00" * 128 + b"DICM", media_type, DICOM_REJECTED, kind="dicom"
-    )
-    yield Case("dicom truncated header", valid[:200], media_type, DICOM_REJECTED, kind="dicom")
-    yield Case(
-        "dicom truncated pixel data",
-        valid[: len(valid) - 500],
+        "dicom with trailing garbage",
+        valid + random_bytes(64, 12),
         media_type,
-        DICOM_REJECTED,
+        DICOM_REJECTED | OK,
+        size_wh=(48, 32),
         kind="dicom",
     )
-    yield Case(
-        "dicom without pixel data",
-        dicom_bytes(pixel_data=False),
-        media_type,
-        DICOM_REJECTED,
-        kind="dicom",
-    )
-    yield Case(
-        "dicom structured report", dicom_report_bytes(), media_type, DICOM_REJECTED, kind="dicom"
-    )
-    yield Case(
-        "dicom zero rows", dicom_bytes(rows=0, columns=16), media_type, DICOM_REJECTED, kind="dicom"
-    )
+
+    # Limits: a header may claim more frames or pixels than the service accepts.
     yield Case(
         "dicom frame count bomb",
         dicom_bytes(rows=8, columns=8, frames_claimed=1_000_000),
         media_type,
-        DICOM_REJECTED,
+        TOO_LARGE,
         kind="dicom",
     )
     yield Case(
         "dicom pixel bomb header",
-        dicom_bytes(rows=65535, columns=65535, pixel_data=False),
+        dicom_bytes(rows=65535, columns=65535, pixel_bytes=b"\x00" * 64),
         media_type,
-        DICOM_REJECTED,
+        TOO_LARGE,
         kind="dicom",
     )
-    yield Case("png labelled dicom", png_bytes(), media_type, DICOM_REJECTED, kind="dicom")
+
+    awkward = {
+        "dicom grey 8-bit": (dicom_bytes(rows=32, columns=48), (48, 32)),
+        "dicom grey 16-bit": (dicom_bytes(rows=20, columns=30, bits=16), (30, 20)),
+        "dicom monochrome1": (
+            dicom_bytes(rows=20, columns=30, photometric="MONOCHROME1"),
+            (30, 20),
+        ),
+        "dicom rgb": (dicom_bytes(rows=24, columns=40, photometric="RGB"), (40, 24)),
+        "dicom 3 frames": (dicom_bytes(rows=16, columns=24, frames=3), (24, 16)),
+        "dicom implicit vr": (dicom_bytes(rows=16, columns=24, implicit_vr=True), (24, 16)),
+        "dicom 1x1": (dicom_bytes(rows=1, columns=1), (1, 1)),
+    }
+    for name, (body, size_wh) in awkward.items():
+        yield Case(name, body, media_type, OK, size_wh=size_wh, kind="dicom")
 
 
 def offer_cases() -> Iterator[Case]:
@@ -760,25 +772,44 @@ def dicom_bytes(
     *,
     rows: int = 32,
     columns: int = 48,
+    frames: int = 1,
+    bits: int = 8,
+    photometric: str = "MONOCHROME2",
     pixel_data: bool = True,
     frames_claimed: int | None = None,
+    pixel_bytes: bytes | None = None,
+    implicit_vr: bool = False,
 ) -> bytes:
-    """Build a synthetic grey ultrasound instance in Explicit VR Little Endian, in memory."""
+    """Build a synthetic ultrasound instance in memory, grey or RGB, 8 or 16 bits.
+
+    `frames_claimed` sets Number of Frames without adding pixel data for those frames, and
+    `pixel_bytes` replaces the generated pixel data, so a header can claim more than the
+    file holds.
+    """
     dataset = _dicom_base("1.2.840.10008.5.1.4.1.1.6.1")  # Ultrasound Image Storage
+    if implicit_vr:
+        dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    samples = 3 if photometric == "RGB" else 1
     dataset.Modality = "US"
     dataset.Rows = rows
     dataset.Columns = columns
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated = 8
-    dataset.BitsStored = 8
-    dataset.HighBit = 7
+    dataset.SamplesPerPixel = samples
+    dataset.PhotometricInterpretation = photometric
+    dataset.BitsAllocated = bits
+    dataset.BitsStored = bits
+    dataset.HighBit = bits - 1
     dataset.PixelRepresentation = 0
-    if frames_claimed is not None:
-        dataset.NumberOfFrames = frames_claimed
-    if pixel_data:
-        count = max(rows * columns, 1)
-        dataset.PixelData = (np.arange(count) % 251).astype(np.uint8).tobytes()
+    if samples == 3:
+        dataset.PlanarConfiguration = 0
+    if frames > 1 or frames_claimed is not None:
+        dataset.NumberOfFrames = frames_claimed if frames_claimed is not None else frames
+    if pixel_bytes is not None:
+        dataset.PixelData = pixel_bytes
+    elif pixel_data:
+        count = max(rows * columns * samples * frames, 1)
+        ramp = np.arange(count) * 7 % (2**bits - 5)
+        dtype = np.uint8 if bits == 8 else np.dtype("<u2")
+        dataset.PixelData = ramp.astype(dtype).tobytes()
     return _dicom_encode(dataset)
 
 

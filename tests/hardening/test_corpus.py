@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 
 import httpx
+import pydicom
 import pytest
 from PIL import Image
 
@@ -75,6 +76,10 @@ def test_corpus_case(child_server: ServerProcess, case: Case) -> None:
     if response.status_code >= 400:
         detail = response.json()["detail"]
         assert detail, "a refusal must say why"
+    elif case.kind == "dicom":
+        assert response.headers["content-type"] == "application/dicom"
+        returned = pydicom.dcmread(io.BytesIO(response.content))
+        assert (returned.Columns, returned.Rows) == case.size_wh
     elif case.route == MASK_ROUTE:
         assert response.headers["content-type"].startswith("image/")
         assert response.headers["X-Sonomask-Decision"] in {"masked", "clear"}
