@@ -1,7 +1,7 @@
 """Source instances for the DICOM tests, a real pipeline, and helpers to read outputs.
 
 Sources are real files: ultrasound and secondary-capture instances shipped with pydicom,
-the ultrasound DICOM files under `../shared/data/real/dicom`, and variants built here
+the real ultrasound DICOM files beside the repository (`REAL_DICOM`), and variants built here
 from those files with pydicom's own encoders (MONOCHROME1/2, YBR_FULL, implicit VR,
 deflated, RLE, JPEG 2000). pydicom cannot write JPEG-LS without the pyjpegls plugin,
 so JPEG-LS sources are the JPEG-LS files that pydicom ships.

@@ -1,4 +1,4 @@
-"""Masked pixels in each native representation, blanked frames, and what the detector sees.
+"""Masked pixels in each native representation, blanked frames, and the detector's input.
 
 The known-box tests use the fault-injection detector of the shared fixtures with fixed
 boxes, because no real model finds the region in these files: it is the only way to know
@@ -168,7 +168,7 @@ async def test_detector_failure_raises_without_blanking(
 
 
 def test_detector_sees_only_2d_regions() -> None:
-    """Outside the 2D regions of the Sequence of Ultrasound Regions the detector sees black."""
+    """The detector gets black pixels outside the 2D regions of the ultrasound regions."""
     data = real_file("OBXXXX1A.dcm")
     source = _read_source(data, dicom_settings())
     regions = [

@@ -115,7 +115,7 @@ async def test_other_attributes_are_kept(case: Case, pipeline: FramePipeline) ->
 
 
 async def test_pixels_match_the_decoded_source(case: Case, pipeline: FramePipeline) -> None:
-    """Outside the masked regions the output holds exactly the pixels pydicom decodes."""
+    """Outside the masked regions the output contains exactly the pixels pydicom decodes."""
     source, result = await _mask(case, pipeline)
     source_frames = decoded_frames(source)
     output_frames = decoded_frames(result.data)
