@@ -1,6 +1,6 @@
 """Bounded fuzzing: the image decoder on arbitrary and mutated bytes.
 
-Any input must give a decoded image or `ImageInputError`; another exception would reach
+Any input must give a decoded image or `ImageInputError`. Any other exception would reach
 the client as a 500.
 """
 
