@@ -142,7 +142,8 @@ def _decode_frame(
         axis=1,
     )
 
-    keep = nms_xyxy(boxes + (class_ids * _CLASS_OFFSET_PX)[:, None], scores, iou)[:max_detections]
+    shifted = boxes + (class_ids * _CLASS_OFFSET_PX)[:, None]
+    keep = nms_xyxy(shifted, scores, iou, max_keep=max_detections)
     return FrameBoxes(
         boxes_xyxy=_to_frame_pixels(boxes[keep], placement),
         scores=scores[keep],
@@ -150,16 +151,24 @@ def _decode_frame(
     )
 
 
-def nms_xyxy(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices of the boxes greedy NMS keeps, highest score first.
+def nms_xyxy(
+    boxes_xyxy: np.ndarray,
+    scores: np.ndarray,
+    iou_threshold: float,
+    *,
+    max_keep: int | None = None,
+) -> np.ndarray:
+    """Indices of the boxes greedy NMS keeps, highest score first, at most `max_keep`.
 
     A box is dropped when its IoU with a higher-scoring kept box is above `iou_threshold`.
+    Greedy NMS keeps boxes in score order, so stopping at `max_keep` gives the first
+    `max_keep` of the full result, in at most `max_keep` passes over the candidates.
     """
     order = np.argsort(-scores, kind="stable")
     x1, y1, x2, y2 = (boxes_xyxy[:, i] for i in range(4))
     areas = (x2 - x1).clip(0) * (y2 - y1).clip(0)
     keep = []
-    while order.size:
+    while order.size and (max_keep is None or len(keep) < max_keep):
         best = order[0]
         keep.append(best)
         rest = order[1:]

@@ -122,6 +122,8 @@ def test_nms_matches_torchvision() -> None:
     for threshold in (0.3, 0.5, 0.7):
         expected = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), threshold)
         assert nms_xyxy(boxes, scores, threshold).tolist() == expected.tolist()
+        capped = nms_xyxy(boxes, scores, threshold, max_keep=10)
+        assert capped.tolist() == expected[:10].tolist()
 
 
 def test_decode_keeps_nothing_below_conf() -> None:
