@@ -34,6 +34,7 @@ from bench import report
 from bench.dev_model import resolve_model
 from bench.http_load import ServerProcess, run_load, run_server
 from bench.images import REPO_ROOT, ImageSet, load_image_set
+from bench.stages import time_stages
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 STREAMS_SCRIPT = REPO_ROOT / "bench" / "bench_streams.py"
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = args.backends or available_backends(model, args.device)
     models = {backend: time_model(backend, model, args) for backend in backends}
     ssim = measure_ssim(image_set)
+    stages = time_stages(image_set)
     rest = benchmark_sonomask(model, image_set, args)
     plain = None if args.skip_plain else benchmark_plain(model, image_set, args)
     streams = None if args.skip_streams else run_streams_benchmark(model, args)
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "models": models,
         "ssim": ssim,
+        "stages": stages,
         "sonomask": rest,
         "plain": plain,
         "streams": streams,
