@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.pixels import iter_pixels
 
 from service.config import Settings
@@ -93,6 +94,7 @@ async def test_detector_failure_over_http(serve, faulty_detector) -> None:  # ty
     assert _decisions(blanked.headers["X-Sonomask-Decisions"])["blanked"] == 2
 
 
+@pytest.mark.slow  # a subprocess that imports torch and loads the model: about 10 s
 def test_mask_command_writes_dicom(untrained_model_path: Path, tmp_path: Path) -> None:
     source = tmp_path / "in"
     source.mkdir()
