@@ -10,9 +10,18 @@ encoding (see `_ATTRIBUTES_DROPPED`).
 
 The output keeps the source transfer syntax when pydicom can write it back losslessly:
 implicit and explicit VR little endian, explicit VR big endian, deflated, RLE Lossless,
-JPEG 2000 Lossless and (with the pyjpegls plugin) JPEG-LS Lossless. Every other source
-is decoded and written as RLE Lossless, which adds no loss. A lossy source keeps its
-lossy history: Lossy Image Compression stays or becomes "01".
+JPEG 2000 Lossless and (with the pyjpegls plugin) JPEG-LS Lossless. Every other source,
+and YBR_FULL frames from JPEG 2000 or JPEG-LS, is decoded and written as RLE Lossless,
+which adds no loss. A lossy source keeps its lossy history: Lossy Image Compression
+stays or becomes "01", with the method and ratio of the source encoding when the header
+did not record them.
+
+Only the detector's copy of a frame is converted. The written pixels keep their own
+representation: MONOCHROME1 is masked with its maximum, PALETTE COLOR with the index of
+the darkest palette colour, and YBR_FULL (also YBR_FULL_422, upsampled by pydicom) with
+(0, middle, middle). When the instance declares 2D regions in a Sequence of Ultrasound
+Regions, the detector sees only those regions, so burned-in text and graphics outside
+them cannot produce a detection.
 
 Nothing read from a header is logged. Log lines carry sizes, frame counts, transfer
 syntax names and decisions only.
