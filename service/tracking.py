@@ -7,7 +7,10 @@ decides, for every frame with a fresh detector result, which boxes to mask:
 - `hold`: when the detector finds nothing, keep the last boxes for `hold_frames` frames.
 - `hold_sim`: when the detector finds nothing, keep the last boxes while the frame stays
   similar (SSIM on a small grey copy) to the last frame that had a detection, up to
-  `max_frames` frames and `max_s` seconds.
+  `max_frames` frames and `max_s` seconds. By default SSIM is averaged only around the held
+  boxes (`ssim_context`), because the static parts of an ultrasound frame (the black
+  surround of the field of view, text overlays) keep whole-frame SSIM high after the probe
+  has moved on.
 
 Under `hold` and `hold_sim` the mask grows fast and shrinks slowly. Each fresh box is
 merged with the boxes detected in the previous `union_frames` frames, so a mask over a
@@ -81,8 +84,10 @@ class HoldSettings(Protocol):
 class HoldConfig:
     """How a tracker holds a mask through frames in which the detector found nothing.
 
-    `hold_frames` applies to `hold`. `sim_threshold`, `max_frames`, `max_s` and
-    `ssim_width` apply to `hold_sim`, and `union_frames` to both.
+    `hold_frames` applies to `hold`. `sim_threshold`, `max_frames`, `max_s`, `ssim_width`
+    and `ssim_context` apply to `hold_sim`, and `union_frames` to both. `ssim_context` is the
+    margin around each held box, as a fraction of the box side, over which the SSIM map is
+    averaged. None averages it over the whole frame.
     """
 
     policy: str = "hold_sim"
@@ -92,6 +97,7 @@ class HoldConfig:
     max_s: float = 3.0
     union_frames: int = 5
     ssim_width: int = 160
+    ssim_context: float | None = 1.0
 
     def __post_init__(self) -> None:
         # A StrEnum member (the settings' HoldPolicy) is stored as its plain value.
@@ -110,6 +116,9 @@ class HoldConfig:
             )
         if not (math.isfinite(self.max_s) and self.max_s >= 0.0):
             raise ValueError(f"max_s: expected a finite value >= 0, got {self.max_s!r}")
+        context = self.ssim_context
+        if context is not None and not (math.isfinite(context) and 0.0 <= context <= 10.0):
+            raise ValueError(f"ssim_context: expected None or a value in [0, 10], got {context!r}")
 
     @classmethod
     def from_settings(cls, settings: HoldSettings) -> HoldConfig:
@@ -148,6 +157,7 @@ class Tracker:
         self._detected_index = -1
         self._detected_s = 0.0
         self._reference_grey: np.ndarray | None = None
+        self._reference_width_px = 0
         self._recent: deque[tuple[int, tuple[BoxXYXY, ...]]] = deque()
 
     @property
@@ -204,6 +214,7 @@ class Tracker:
         self._detected_s = now_s
         if self.config.policy == "hold_sim":
             self._reference_grey = small_grey(frame_bgr, self.config.ssim_width)
+            self._reference_width_px = frame_bgr.shape[1]
         return TrackStep(Decision.MASKED, merged)
 
     def _hold_by_count(self) -> TrackStep:
@@ -220,7 +231,17 @@ class Tracker:
         )
         similarity = None
         if within_caps and self._reference_grey is not None:
-            similarity = ssim_against(self._reference_grey, frame_bgr, self.config.ssim_width)
+            region = None
+            if self.config.ssim_context is not None:
+                region = region_mask(
+                    self._held_boxes,
+                    self.config.ssim_context,
+                    self._reference_width_px,
+                    self._reference_grey.shape,
+                )
+            similarity = ssim_against(
+                self._reference_grey, frame_bgr, self.config.ssim_width, region
+            )
         if similarity is None or similarity < self.config.sim_threshold:
             self._release()
             return TrackStep(Decision.CLEAR, (), similarity=similarity)
@@ -296,12 +317,45 @@ def small_grey(frame: np.ndarray, width: int) -> np.ndarray:
     return small / np.float32(scale)
 
 
-def ssim_against(reference_grey: np.ndarray, frame: np.ndarray, width: int) -> float | None:
+def region_mask(
+    boxes_xyxy: Sequence[BoxXYXY], context: float, frame_width_px: int, shape_hw: tuple[int, ...]
+) -> np.ndarray:
+    """Return a boolean mask of `shape_hw` that marks the boxes grown by `context` of their sides.
+
+    `boxes_xyxy` are in pixels of the full frame, `frame_width_px` wide.
+    """
+    height, width = shape_hw[:2]
+    scale = width / max(frame_width_px, 1)
+    mask = np.zeros((height, width), dtype=bool)
+    for x1, y1, x2, y2 in boxes_xyxy:
+        dx = (x2 - x1) * context
+        dy = (y2 - y1) * context
+        left = max(0, math.floor((x1 - dx) * scale))
+        top = max(0, math.floor((y1 - dy) * scale))
+        right = min(width, math.ceil((x2 + dx) * scale))
+        bottom = min(height, math.ceil((y2 + dy) * scale))
+        mask[top:bottom, left:right] = True
+    return mask
+
+
+def ssim_against(
+    reference_grey: np.ndarray,
+    frame: np.ndarray,
+    width: int,
+    region: np.ndarray | None = None,
+) -> float | None:
     """Compute the SSIM of `frame` against a `small_grey` reference.
 
-    Returns None when the frame's aspect gives the small copy another shape than the reference.
+    With `region` (a boolean mask of the reference's shape) the SSIM map is averaged over
+    the marked pixels only. Returns None when the frame's aspect gives the small copy
+    another shape than the reference, or when `region` marks no pixel.
     """
     candidate = small_grey(frame, width)
     if candidate.shape != reference_grey.shape:
         return None
-    return float(structural_similarity(reference_grey, candidate, data_range=1.0))
+    if region is None:
+        return float(structural_similarity(reference_grey, candidate, data_range=1.0))
+    if not region.any():
+        return None
+    _, ssim_map = structural_similarity(reference_grey, candidate, data_range=1.0, full=True)
+    return float(ssim_map[region].mean())

@@ -155,12 +155,12 @@ def _evaluate_video(args: argparse.Namespace) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1), encoding="utf-8")
 
-    print(f"{'policy':<10} {'exposure':>9} {'missed':>8} {'false-masked':>13} {'reduction':>10}")
+    print(f"{'policy':<22} {'exposure':>9} {'missed':>8} {'false-masked':>13} {'reduction':>10}")
     for name, entry in result["policies"].items():
         reduction = entry["exposure_reduction"]
         shown = "-" if reduction is None or name == "none" else f"{reduction:.0%}"
         print(
-            f"{name:<10} {entry['exposure_rate']:>9.1%} {entry['missed_rate']:>8.1%} "
+            f"{name:<22} {entry['exposure_rate']:>9.1%} {entry['missed_rate']:>8.1%} "
             f"{entry['false_masked_rate']:>13.1%} {shown:>10}"
         )
     choice = result.get("choice")

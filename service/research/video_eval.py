@@ -11,6 +11,9 @@ every policy is scored on the same detections. Scores per policy, over all video
 - false-masked rate: target-free frames with a mask;
 - reduction: the drop of exposure and missed-frame rates relative to the `none` policy.
 
+`hold_sim_whole_frame` scores hold_sim with SSIM over the whole frame beside the default,
+which averages SSIM around the held boxes only.
+
 Blanked frames count as covered, and as masked on target-free frames.
 """
 
@@ -207,7 +210,7 @@ def score_policy(videos: Iterable[DetectedVideo], config: HoldConfig, margin: fl
 
 @dataclass
 class Evaluation:
-    """Scores of the three policies, the hold_sim sweep and the hold_sim setting it selects."""
+    """Scores of each policy, the hold_sim sweep and the hold_sim setting it selects."""
 
     videos: list[str]
     margin: float
@@ -250,6 +253,11 @@ def evaluate(
         config = dataclasses.replace(base, policy=policy)
         score = baseline if policy == "none" else score_policy(videos, config, margin)
         evaluation.policies[policy] = _entry(config, score, baseline)
+    # hold_sim with SSIM over the whole frame, for comparison with the local default.
+    whole_frame = dataclasses.replace(base, policy="hold_sim", ssim_context=None)
+    evaluation.policies["hold_sim_whole_frame"] = _entry(
+        whole_frame, score_policy(videos, whole_frame, margin), baseline
+    )
 
     for threshold in sim_thresholds:
         for max_frames in max_frames_options:

@@ -36,6 +36,7 @@ def jittered(frame: np.ndarray, seed: int, amplitude: int = 6) -> np.ndarray:
         ("ssim_width", 8, "ssim_width: expected an integer >= 16, got 8"),
         ("sim_threshold", 1.5, "sim_threshold: expected a value in [-1, 1], got 1.5"),
         ("max_s", float("nan"), "max_s: expected a finite value >= 0, got nan"),
+        ("ssim_context", -0.5, "ssim_context: expected None or a value in [0, 10], got -0.5"),
     ],
 )
 def test_config_rejects_invalid_value(field: str, value: object, message: str) -> None:
@@ -252,3 +253,38 @@ def test_reset_forgets_held_boxes() -> None:
 
     assert step.decision is Decision.CLEAR
     assert tracker.frames_seen == 1
+
+
+def dark_frame_with_patch(seed: int) -> np.ndarray:
+    """A mostly black frame, like the surround of an ultrasound sector, with one textured patch."""
+    frame = np.zeros((240, 320, 3), dtype=np.uint8)
+    frame[60:200, 80:240] = textured_frame(seed)[60:200, 80:240]
+    return frame
+
+
+@pytest.mark.parametrize(("context", "expected"), [(1.0, Decision.CLEAR), (None, Decision.HELD)])
+def test_hold_sim_context_sees_local_change(context: float | None, expected: Decision) -> None:
+    # The patch changes completely, but it covers a small part of an otherwise black frame,
+    # so whole-frame SSIM stays high while SSIM around the box drops.
+    config = HoldConfig(policy="hold_sim", sim_threshold=0.6, ssim_context=context)
+    tracker = Tracker(config)
+    box = (120.0, 100.0, 160.0, 140.0)
+
+    tracker.update(dark_frame_with_patch(1), [box], 0.0)
+    step = tracker.update(dark_frame_with_patch(2), [], 0.04)
+
+    assert step.decision is expected
+
+
+def test_hold_sim_context_ignores_far_change() -> None:
+    config = HoldConfig(policy="hold_sim", sim_threshold=0.6, ssim_context=0.5)
+    tracker = Tracker(config)
+    first = textured_frame(1)
+    changed = first.copy()
+    changed[:, 200:] = textured_frame(2)[:, 200:]
+
+    tracker.update(first, [(40.0, 40.0, 80.0, 80.0)], 0.0)
+    step = tracker.update(changed, [], 0.04)
+
+    assert step.decision is Decision.HELD
+    assert step.similarity == pytest.approx(1.0)

@@ -125,7 +125,7 @@ def test_evaluate_video_command_writes_scores(
     result = json.loads(output.read_text())
     assert result["videos"] == ["sweep"]
     assert result["frames"] == 20
-    assert set(result["policies"]) == {"none", "hold", "hold_sim"}
+    assert set(result["policies"]) == {"none", "hold", "hold_sim", "hold_sim_whole_frame"}
     assert len(result["sweep"]) == 1
     # The untrained model finds nothing, so every target frame is missed.
     assert result["policies"]["none"]["missed_rate"] == 1.0
