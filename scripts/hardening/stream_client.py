@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -153,3 +155,72 @@ async def churn_sessions(client: httpx.AsyncClient, count: int, parallel: int = 
     await asyncio.gather(*(worker() for _ in range(parallel)))
     result.seconds = time.monotonic() - started_s
     return result
+
+
+@dataclass
+class StreamCapture:
+    """The frames (BGR) and data channel messages one session returned."""
+
+    frames_bgr: list[np.ndarray] = field(default_factory=list)
+    messages: list[dict[str, object]] = field(default_factory=list)
+    frames_sent: int = 0
+    session_id: str = ""
+
+
+async def capture_stream(
+    client: httpx.AsyncClient,
+    duration_s: float,
+    *,
+    fps: float = 15.0,
+    during: Callable[[float], None] | None = None,
+) -> StreamCapture:
+    """Stream noise for `duration_s`, keep every frame and message that comes back, close.
+
+    `during(elapsed_s)` is called about ten times a second, for example to switch faults.
+    """
+    capture = StreamCapture()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    track = NoiseTrack(fps=fps)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def read_frames(remote: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await remote.recv()
+                capture.frames_bgr.append(frame.to_ndarray(format="bgr24"))  # type: ignore[union-attr]
+
+    @pc.on("track")
+    def on_track(remote: MediaStreamTrack) -> None:
+        if remote.kind == "video":
+            tasks.append(asyncio.create_task(read_frames(remote)))
+
+    channel = pc.createDataChannel("detections")
+
+    @channel.on("message")
+    def on_message(message: str | bytes) -> None:
+        capture.messages.append(json.loads(message))
+
+    try:
+        pc.addTrack(track)
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+        response = await client.post("/v1/streams", json=offer)
+        response.raise_for_status()
+        answer = response.json()
+        capture.session_id = answer["session_id"]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        started_s = time.monotonic()
+        while (elapsed_s := time.monotonic() - started_s) < duration_s:
+            if during is not None:
+                during(elapsed_s)
+            await asyncio.sleep(0.1)
+        # Let the last frames in flight arrive before closing.
+        await asyncio.sleep(0.5)
+        await client.delete(f"/v1/streams/{capture.session_id}")
+    finally:
+        capture.frames_sent = track.sent
+        await pc.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return capture
