@@ -15,7 +15,7 @@ from service.config import Settings
 
 EXAMPLES_PER_OPERATION = 50
 
-# The schema comes from the app object, which needs no model to describe its routes; the
+# The schema comes from the app object, which needs no model to describe its routes. The
 # requests go to the child server, which runs the same code.
 schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
 
