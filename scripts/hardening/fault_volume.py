@@ -319,3 +319,66 @@ def counters_add_up(report: FaultReport) -> list[str]:
     if counted_total != report.frames_sent:
         problems.append(f"counters add up to {counted_total:g}, frames sent {report.frames_sent}")
     return problems
+
+
+# Faults switched every 0.8 s over one stream, with a normal spell between any two. "outside"
+# is left out because its boxes are elsewhere in the frame. The REST run covers it.
+STREAM_SCHEDULE: tuple[str | None, ...] = (
+    None, "raise", None, "nan", None, "flood", None, "wrong_length", None, "slow", None, "hang",
+)  # fmt: skip
+STREAM_STEP_S = 0.8
+
+
+def stream_frame_covered(frame_bgr: np.ndarray) -> bool:
+    """True when the injected box is black, or the whole frame is (a blanked frame)."""
+    grey = frame_bgr.mean(axis=2)
+    x1, y1, x2, y2 = (int(v) for v in INJECTED_BOX_XYXY)
+    # VP8 blurs the mask's edges, so only the box's inner part must be black.
+    inside = grey[y1 + 6 : y2 - 6, x1 + 6 : x2 - 6]
+    return bool(inside.mean() < 40 or (grey < 40).mean() > 0.8)
+
+
+@dataclass
+class StreamFaultReport:
+    """Frames sent and returned over one faulted stream, their decisions, and raw frames."""
+
+    frames_sent: int
+    frames_returned: int
+    messages: int
+    decisions: dict[str, int]
+    counted_frames: dict[str, float]
+    raw_frames: int
+    seconds: float
+
+
+async def run_stream_faults(
+    client: httpx.AsyncClient, injector: FaultInjector, *, rounds: int = 1
+) -> StreamFaultReport:
+    """Stream noise while the detector walks `STREAM_SCHEDULE` `rounds` times; judge each frame.
+
+    The client process must offer only 127.0.0.1 as its ICE host candidate.
+    """
+    from scripts.hardening.stream_client import capture_stream
+
+    injector.boxes = [Detection(0, "transverse", 0.9, INJECTED_BOX_XYXY)]
+    injector.delay_s = 0.5
+    schedule = STREAM_SCHEDULE * rounds
+
+    def switch_fault(elapsed_s: float) -> None:
+        step = min(int(elapsed_s / STREAM_STEP_S), len(schedule) - 1)
+        injector.fault = schedule[step]
+
+    started_s = time.monotonic()
+    capture = await capture_stream(client, STREAM_STEP_S * len(schedule), during=switch_fault)
+    injector.release()
+    metrics_text = (await client.get("/metrics")).text
+    raw = [frame for frame in capture.frames_bgr if not stream_frame_covered(frame)]
+    return StreamFaultReport(
+        frames_sent=capture.frames_sent,
+        frames_returned=len(capture.frames_bgr),
+        messages=len(capture.messages),
+        decisions=dict(Counter(str(message["decision"]) for message in capture.messages)),
+        counted_frames=_samples(metrics_text, "sonomask_frames_total", "source", "stream"),
+        raw_frames=len(raw),
+        seconds=time.monotonic() - started_s,
+    )

@@ -19,9 +19,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -234,3 +235,35 @@ def list_files(root: Path) -> dict[str, tuple[int, int]]:
                 stat = path.stat()
                 listing[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
     return listing
+
+
+@contextlib.asynccontextmanager
+async def serve_in_process(app: Any, ready_timeout_s: float = 120.0) -> AsyncIterator[str]:
+    """Run an ASGI app under uvicorn on 127.0.0.1 in this event loop; yield its base URL."""
+    import asyncio
+
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        deadline_s = time.monotonic() + 30
+        while not server.started:
+            if task.done() or time.monotonic() > deadline_s:
+                raise RuntimeError("uvicorn did not start")
+            await asyncio.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        base_url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            deadline_s = time.monotonic() + ready_timeout_s
+            while (await client.get("/readyz")).status_code != 200:
+                if time.monotonic() > deadline_s:
+                    raise TimeoutError(f"the app was not ready within {ready_timeout_s:.0f} s")
+                await asyncio.sleep(0.05)
+        yield base_url
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)

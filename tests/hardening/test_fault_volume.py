@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import aioice.ice
 import httpx
 import numpy as np
@@ -16,9 +14,9 @@ from scripts.hardening.fault_volume import (
     judge,
     noise_png,
     run_fault_volume,
+    run_stream_faults,
+    stream_frame_covered,
 )
-from scripts.hardening.stream_client import capture_stream
-from service.detection.model import Detection
 
 
 def _settings(make_settings):
@@ -84,54 +82,21 @@ def test_judge_accepts_clear_after_empty_answer(faulty_detector) -> None:
     assert judge(response, pixels, recorder) == ("clear", None, False)
 
 
-# Faults switched every 0.8 s over one stream, with a normal spell between any two. "outside"
-# is left out because its boxes are elsewhere in the frame. The REST run covers it.
-STREAM_SCHEDULE = [None, "raise", None, "nan", None, "flood", None, "wrong_length", None, "slow"]
-STREAM_SCHEDULE += [None, "hang"]
-STREAM_STEP_S = 0.8
-
-
-def _covered(frame_bgr: np.ndarray) -> bool:
-    """True when the injected box is black, or the whole frame is (a blanked frame)."""
-    grey = frame_bgr.mean(axis=2)
-    x1, y1, x2, y2 = (int(v) for v in INJECTED_BOX_XYXY)
-    inside = grey[y1 + 6 : y2 - 6, x1 + 6 : x2 - 6]
-    return bool(inside.mean() < 40 or (grey < 40).mean() > 0.8)
-
-
 async def test_stream_faults_never_leak_raw_frames(
     serve, make_settings, faulty_detector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-    faulty_detector.boxes = [Detection(0, "transverse", 0.9, INJECTED_BOX_XYXY)]
-    faulty_detector.delay_s = 0.5
-
-    def switch_fault(elapsed_s: float) -> None:
-        step = min(int(elapsed_s / STREAM_STEP_S), len(STREAM_SCHEDULE) - 1)
-        faulty_detector.fault = STREAM_SCHEDULE[step]
-
     async with serve(_settings(make_settings), detector=faulty_detector) as served:
-        capture = await capture_stream(
-            served.client, STREAM_STEP_S * len(STREAM_SCHEDULE), during=switch_fault
-        )
-        faulty_detector.release()
-        counted = {
-            decision: await served.metric(
-                "sonomask_frames_total", {"source": "stream", "decision": decision}
-            )
-            for decision in ("masked", "held", "clear", "blanked")
-        }
+        report = await run_stream_faults(served.client, faulty_detector)
 
-    raw = [index for index, frame in enumerate(capture.frames_bgr) if not _covered(frame)]
-    decisions = Counter(str(message["decision"]) for message in capture.messages)
-    assert len(capture.frames_bgr) > 60, "too few frames came back to judge the stream"
-    assert raw == []
-    assert set(decisions) <= {"masked", "held", "blanked"}
-    assert decisions["masked"] > 0
-    assert decisions["blanked"] > 0
-    assert counted["clear"] == 0
-    assert sum(counted.values()) >= len(capture.messages)
-    assert counted["blanked"] >= decisions["blanked"]
+    assert report.frames_returned > 60, "too few frames came back to judge the stream"
+    assert report.raw_frames == 0
+    assert set(report.decisions) <= {"masked", "held", "blanked"}
+    assert report.decisions["masked"] > 0
+    assert report.decisions["blanked"] > 0
+    assert report.counted_frames["clear"] == 0
+    assert sum(report.counted_frames.values()) >= report.messages
+    assert report.counted_frames["blanked"] >= report.decisions["blanked"]
 
 
 def test_covered_rejects_raw_noise() -> None:
@@ -140,6 +105,6 @@ def test_covered_rejects_raw_noise() -> None:
     masked = frame_bgr.copy()
     x1, y1, x2, y2 = (int(v) for v in INJECTED_BOX_XYXY)
     masked[y1:y2, x1:x2] = 0
-    assert not _covered(frame_bgr)
-    assert _covered(masked)
-    assert _covered(np.zeros_like(frame_bgr))
+    assert not stream_frame_covered(frame_bgr)
+    assert stream_frame_covered(masked)
+    assert stream_frame_covered(np.zeros_like(frame_bgr))
