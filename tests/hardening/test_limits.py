@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from scripts.hardening.make_corpus import png_bytes, random_bytes
+from scripts.hardening.make_corpus import dicom_bytes, png_bytes, random_bytes
 
 PNG = {"Content-Type": "image/png"}
 ALLOWED_ORIGIN = "https://viewer.example"
@@ -192,3 +192,30 @@ async def test_cors_allow_list(serve, make_settings) -> None:
     assert "authorization" in allowed_preflight.headers["access-control-allow-headers"].lower()
     assert other_preflight.status_code == 400
     assert "access-control-allow-origin" not in other_preflight.headers
+
+
+async def test_dicom_frame_limit(serve, make_settings) -> None:
+    dicom = {"Content-Type": "application/dicom"}
+    async with serve(make_settings(max_dicom_frames=2)) as served:
+        at_limit = await served.client.post(
+            "/v1/mask", content=dicom_bytes(rows=8, columns=12, frames=2), headers=dicom
+        )
+        above = await served.client.post(
+            "/v1/mask", content=dicom_bytes(rows=8, columns=12, frames=3), headers=dicom
+        )
+    assert at_limit.status_code == 200
+    assert above.status_code == 413
+    assert "SONOMASK_MAX_DICOM_FRAMES" in above.json()["detail"]
+
+
+async def test_dicom_pixel_limit(serve, make_settings) -> None:
+    dicom = {"Content-Type": "application/dicom"}
+    async with serve(make_settings(max_pixels=10_000)) as served:
+        at_limit = await served.client.post(
+            "/v1/mask", content=dicom_bytes(rows=100, columns=100), headers=dicom
+        )
+        above = await served.client.post(
+            "/v1/mask", content=dicom_bytes(rows=100, columns=101), headers=dicom
+        )
+    assert at_limit.status_code == 200
+    assert above.status_code == 413
