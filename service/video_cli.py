@@ -97,8 +97,29 @@ def _number_list(kind: type) -> Any:
     return parse
 
 
+def _context_list(text: str) -> list[float | None]:
+    contexts: list[float | None] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item.lower() == "none":
+            contexts.append(None)
+            continue
+        try:
+            contexts.append(float(item))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated numbers or 'none', got {text!r}"
+            ) from exc
+    return contexts
+
+
 def _register_evaluate_video(subparsers: Any) -> None:
-    from service.research.video_eval import DEFAULT_MAX_FRAMES, DEFAULT_SIM_THRESHOLDS
+    from service.research.video_eval import (
+        DEFAULT_MAX_FRAMES,
+        DEFAULT_SIM_THRESHOLDS,
+        DEFAULT_SSIM_CONTEXTS,
+    )
 
     parser = subparsers.add_parser(
         "evaluate-video",
@@ -122,6 +143,13 @@ def _register_evaluate_video(subparsers: Any) -> None:
         type=_number_list(int),
         default=list(DEFAULT_MAX_FRAMES),
         help="hold_sim frame caps to sweep, comma-separated",
+    )
+    parser.add_argument(
+        "--ssim-contexts",
+        type=_context_list,
+        default=list(DEFAULT_SSIM_CONTEXTS),
+        help="margins around held boxes (fractions of the box side) over which SSIM is "
+        "averaged, comma-separated; 'none' means the whole frame",
     )
     parser.set_defaults(handler=_evaluate_video)
 
@@ -149,6 +177,7 @@ def _evaluate_video(args: argparse.Namespace) -> int:
                 settings.mask_margin,
                 sim_thresholds=args.sim_thresholds,
                 max_frames_options=args.max_frames,
+                ssim_contexts=args.ssim_contexts,
             )
 
     result = asyncio.run(run())
@@ -167,6 +196,6 @@ def _evaluate_video(args: argparse.Namespace) -> int:
     if choice:
         print(
             f"selected hold_sim: threshold {choice['sim_threshold']}, cap {choice['max_frames']} "
-            f"frames ({choice['reason']})"
+            f"frames, SSIM context {choice['ssim_context']} ({choice['reason']})"
         )
     return 0

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 COVERED_SHARE = 0.95
 DEFAULT_SIM_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 DEFAULT_MAX_FRAMES = (15, 30, 60, 120)
+DEFAULT_SSIM_CONTEXTS: tuple[float | None, ...] = (None, 0.5, 1.0)
 # hold_sim may add at most this many false-masked frames per target-free frame over `none`.
 MAX_ADDED_FALSE_MASKED = 0.01
 
@@ -100,14 +101,18 @@ async def detect_video(
 def replay(video: DetectedVideo, config: HoldConfig) -> FrameMasks:
     """Feed a video's detections to a fresh tracker; return the boxes masked on each frame.
 
-    The tracker gets the frame's small grey copy, which `small_grey` maps to itself, so
-    SSIM is the same as on the full frame. Its clock is the video's own.
+    The tracker gets each frame's small grey copy, which `small_grey` maps to itself, so
+    SSIM is the same as on the full frame. Boxes go in scaled to that copy and come back
+    scaled to the frame, so SSIM regions around boxes line up. The clock is the video's own.
     """
-    if video.small_greys and video.small_greys[0].shape[1] != config.ssim_width:
+    if not video.small_greys:
+        return []
+    small_width = video.small_greys[0].shape[1]
+    if small_width != config.ssim_width:
         raise ValueError(
-            f"ssim_width: expected {video.small_greys[0].shape[1]} as at detection, "
-            f"got {config.ssim_width}"
+            f"ssim_width: expected {small_width} as at detection, got {config.ssim_width}"
         )
+    scale = small_width / video.truth.size_wh[0]
     tracker = Tracker(config)
     masks: FrameMasks = []
     for index, (boxes, grey) in enumerate(zip(video.detections, video.small_greys, strict=True)):
@@ -115,9 +120,14 @@ def replay(video: DetectedVideo, config: HoldConfig) -> FrameMasks:
             tracker.mark_blanked()
             masks.append(None)
             continue
-        step = tracker.update(grey, boxes, index / video.truth.fps)
-        masks.append(step.boxes_xyxy)
+        small_boxes = [_scaled(box, scale) for box in boxes]
+        step = tracker.update(grey, small_boxes, index / video.truth.fps)
+        masks.append(tuple(_scaled(box, 1.0 / scale) for box in step.boxes_xyxy))
     return masks
+
+
+def _scaled(box: BoxXYXY, factor: float) -> BoxXYXY:
+    return (box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor)
 
 
 @dataclass
@@ -240,8 +250,9 @@ def evaluate(
     *,
     sim_thresholds: Sequence[float] = DEFAULT_SIM_THRESHOLDS,
     max_frames_options: Sequence[int] = DEFAULT_MAX_FRAMES,
+    ssim_contexts: Sequence[float | None] = DEFAULT_SSIM_CONTEXTS,
 ) -> Evaluation:
-    """Score none, hold and hold_sim with `base`'s values, then sweep hold_sim's threshold and cap.
+    """Score each policy with `base`'s values, then sweep hold_sim's threshold, cap and context.
 
     The selected setting is the swept hold_sim with the lowest exposure rate among those
     that add at most 1 % false-masked frames over `none`. Ties go to the higher threshold,
@@ -259,13 +270,18 @@ def evaluate(
         whole_frame, score_policy(videos, whole_frame, margin), baseline
     )
 
-    for threshold in sim_thresholds:
-        for max_frames in max_frames_options:
-            config = dataclasses.replace(
-                base, policy="hold_sim", sim_threshold=threshold, max_frames=max_frames
-            )
-            score = score_policy(videos, config, margin)
-            evaluation.sweep.append(_entry(config, score, baseline))
+    for context in ssim_contexts:
+        for threshold in sim_thresholds:
+            for max_frames in max_frames_options:
+                config = dataclasses.replace(
+                    base,
+                    policy="hold_sim",
+                    sim_threshold=threshold,
+                    max_frames=max_frames,
+                    ssim_context=context,
+                )
+                score = score_policy(videos, config, margin)
+                evaluation.sweep.append(_entry(config, score, baseline))
 
     allowed = [
         entry
@@ -284,6 +300,7 @@ def evaluate(
         evaluation.choice = {
             "sim_threshold": best["config"]["sim_threshold"],
             "max_frames": best["config"]["max_frames"],
+            "ssim_context": best["config"]["ssim_context"],
             "exposure_rate": best["exposure_rate"],
             "exposure_reduction": best["exposure_reduction"],
             "added_false_masked_rate": best["added_false_masked_rate"],
@@ -314,6 +331,7 @@ async def evaluate_videos(
     *,
     sim_thresholds: Sequence[float] = DEFAULT_SIM_THRESHOLDS,
     max_frames_options: Sequence[int] = DEFAULT_MAX_FRAMES,
+    ssim_contexts: Sequence[float | None] = DEFAULT_SSIM_CONTEXTS,
 ) -> dict[str, Any]:
     """Detect in every video of `videos_dir` and return the evaluation as a JSON-ready dict."""
     pairs = find_videos(videos_dir)
@@ -333,6 +351,7 @@ async def evaluate_videos(
         margin,
         sim_thresholds=sim_thresholds,
         max_frames_options=max_frames_options,
+        ssim_contexts=ssim_contexts,
     )
     result = dataclasses.asdict(evaluation)
     result["model_id"] = pipeline.model_id

@@ -82,7 +82,14 @@ def test_evaluate_ranks_policies_and_selects() -> None:
     video = scripted_video(detections, true_boxes, scene_cut_at=30)
     base = HoldConfig(hold_frames=10, union_frames=0)
 
-    evaluation = evaluate([video], base, 0.0, sim_thresholds=(0.5, 0.9), max_frames_options=(1, 5))
+    evaluation = evaluate(
+        [video],
+        base,
+        0.0,
+        sim_thresholds=(0.5, 0.9),
+        max_frames_options=(1, 5),
+        ssim_contexts=(None,),
+    )
 
     none, hold, hold_sim = (evaluation.policies[p] for p in ("none", "hold", "hold_sim"))
     assert none["exposure_rate"] == pytest.approx(20 / 30, abs=1e-4)
@@ -118,6 +125,8 @@ def test_evaluate_video_command_writes_scores(
             "0.5",
             "--max-frames",
             "30",
+            "--ssim-contexts",
+            "none,0.5",
         ]
     )
 
@@ -126,7 +135,8 @@ def test_evaluate_video_command_writes_scores(
     assert result["videos"] == ["sweep"]
     assert result["frames"] == 20
     assert set(result["policies"]) == {"none", "hold", "hold_sim", "hold_sim_whole_frame"}
-    assert len(result["sweep"]) == 1
+    assert len(result["sweep"]) == 2
+    assert [entry["config"]["ssim_context"] for entry in result["sweep"]] == [None, 0.5]
     # The untrained model finds nothing, so every target frame is missed.
     assert result["policies"]["none"]["missed_rate"] == 1.0
 
@@ -148,3 +158,23 @@ def test_evaluate_video_command_needs_videos(
 
     assert code == 2
     assert "no *.mp4 with a .json ground truth" in capsys.readouterr().err
+
+
+def test_replay_local_ssim_in_frame_coordinates() -> None:
+    # Only the area around the box stays the same; SSIM there must be read at the box's
+    # place in the small copy, which is a quarter of the 640 px frame's size.
+    rng = np.random.default_rng(1)
+    first = rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
+    second = rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
+    second[160:320, 360:560] = first[160:320, 360:560]
+    box = (420.0, 200.0, 500.0, 280.0)
+    video = DetectedVideo(
+        "local",
+        VideoTruth(25.0, (640, 480), [[box], [box]]),
+        [(box,), ()],
+        [small_grey(first, 160), small_grey(second, 160)],
+    )
+
+    masks = replay(video, HoldConfig(policy="hold_sim", ssim_context=0.5, sim_threshold=0.9))
+
+    assert masks == [(box,), (box,)]
