@@ -354,7 +354,7 @@ class StreamFaultReport:
 async def run_stream_faults(
     client: httpx.AsyncClient, injector: FaultInjector, *, rounds: int = 1
 ) -> StreamFaultReport:
-    """Stream noise while the detector walks `STREAM_SCHEDULE` `rounds` times; judge each frame.
+    """Stream noise while the detector walks `STREAM_SCHEDULE` `rounds` times, judge each frame.
 
     The client process must offer only 127.0.0.1 as its ICE host candidate.
     """
@@ -362,7 +362,9 @@ async def run_stream_faults(
 
     injector.boxes = [Detection(0, "transverse", 0.9, INJECTED_BOX_XYXY)]
     injector.delay_s = 0.5
-    schedule = STREAM_SCHEDULE * rounds
+    # A hang lasts until release() at the end, so only the last round has one.
+    without_hang = tuple(fault for fault in STREAM_SCHEDULE if fault != "hang")
+    schedule = without_hang * (rounds - 1) + STREAM_SCHEDULE
 
     def switch_fault(elapsed_s: float) -> None:
         step = min(int(elapsed_s / STREAM_STEP_S), len(schedule) - 1)
