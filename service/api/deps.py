@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 # A request body that has not fully arrived this long after the handler starts reading it
 # is abandoned with 408, so a client that uploads slowly cannot hold a connection and its
 # buffered bytes indefinitely. The app keeps the value in `app.state.body_read_timeout_s`.
+# NOTE: no SONOMASK_* setting changes it yet, and request headers have no such limit
+# because uvicorn has no header-read timeout. A proxy in front can bound both.
 BODY_READ_TIMEOUT_S = 60.0
 
 
@@ -58,6 +60,8 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     """Read the whole body in memory, answering 413 as soon as it passes `max_bytes`.
 
     A body that takes longer than `app.state.body_read_timeout_s` to arrive gets a 408.
+    NOTE: nothing caps the uploads in flight, so memory grows by up to `max_bytes` for each
+    concurrent upload; uvicorn's `--limit-concurrency` or a proxy bounds it.
     """
     declared = request.headers.get("content-length")
     if declared is not None:
