@@ -6,6 +6,9 @@ for writing. The child runs the real CLI under a Python audit hook that reports 
 write-mode `open`, `mkdir`, `rename` and `remove` as a JSON line on stderr, so a test can
 tell which files the server itself touched. The child also offers only 127.0.0.1 as its
 ICE host candidate, so stream media stays on loopback.
+
+NOTE: C code that writes files without going through Python (OpenCV, PyAV, libjpeg)
+bypasses the audit hook. Only listing the folders a test watches catches such writes.
 """
 
 from __future__ import annotations
