@@ -231,6 +231,7 @@ class OnnxRuntimeDetector(ArrayDetector):
         iou: float = 0.6,
         max_detections: int = 32,
         intra_op_threads: int = 0,
+        allow_spinning: bool = False,
     ) -> None:
         import onnxruntime
 
@@ -240,9 +241,12 @@ class OnnxRuntimeDetector(ArrayDetector):
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads
-        # Spinning threads keep a core busy between runs, which starves the event loop and
-        # the decode threads on a small CPU; measured slower on 2 cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Spinning worker threads hold their cores between operators. With other busy threads
+        # (decoding, encoding, other processes) on 2 cores that made batch-1 inference about
+        # twice as slow, so threads sleep between operators unless `allow_spinning`.
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
+        )
         providers = onnxruntime_providers(device)
         try:
             session = onnxruntime.InferenceSession(str(path), options, providers=providers)
