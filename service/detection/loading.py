@@ -50,10 +50,12 @@ def sidecar_path(weights: Path) -> Path:
     return weights.with_name(stem).with_suffix(".json")
 
 
-# Fastest first, from the per-image times measured by `python -m bench.run` and recorded in
-# docs/benchmarks.md. NOTE: the CUDA order is an expectation, not a measurement: no GPU was
-# available to time it; run bench/gpu_check.sh on a GPU machine to confirm it.
-CPU_PREFERENCE = (Backend.OPENVINO, Backend.ONNX, Backend.TORCH)
+# Fastest first. The CPU order comes from `python -m bench.run` on 2 cores of an AMD EPYC
+# (docs/benchmarks.md): lean ONNX Runtime, then OpenVINO in float32, then torch. Intel CPUs
+# may favour OpenVINO, so compare both there with the benchmark.
+# NOTE: the CUDA order is an expectation, not a measurement, because no GPU was available
+# to time it. Run bench/gpu_check.sh on a GPU machine to confirm it.
+CPU_PREFERENCE = (Backend.ONNX, Backend.OPENVINO, Backend.TORCH)
 CUDA_PREFERENCE = (Backend.TENSORRT, Backend.TORCH, Backend.ONNX)
 
 # The runtime each backend imports; a backend whose runtime is not installed is skipped by `auto`.
@@ -108,7 +110,7 @@ def choose_weights(settings: Settings, device: str) -> tuple[Path, Backend]:
 
 
 def fastest_available(candidates: dict[Backend, Path], device: str) -> Backend:
-    """The first backend in the device's preference order whose file and runtime are present."""
+    """Return the first backend in the device's preference order whose file and runtime exist."""
     on_cuda = device.startswith("cuda") or device.isdigit()
     preference = CUDA_PREFERENCE if on_cuda else CPU_PREFERENCE
     for backend in preference:
