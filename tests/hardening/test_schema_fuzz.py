@@ -15,6 +15,9 @@ from service.config import Settings
 
 EXAMPLES_PER_OPERATION = 50
 
+# DICOM bodies are bytes like any binary upload; without this alias schemathesis skips them.
+schemathesis.serializer.alias("application/dicom", "application/octet-stream")
+
 # The schema comes from the app object, which needs no model to describe its routes. The
 # requests go to the child server, which runs the same code.
 schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
