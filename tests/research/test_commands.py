@@ -79,3 +79,107 @@ def test_export_rejects_missing_model(tmp_path: Path, capsys: pytest.CaptureFixt
 
     assert args.handler(args) == 2
     assert "expected an existing .pt model file" in capsys.readouterr().err
+
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "service" / "models" / "sonomask-demo-n.pt"
+REPORT_KEYS = {
+    "ap50_95",
+    "ap50",
+    "precision",
+    "recall",
+    "f1",
+    "fppi",
+    "conf",
+    "iou",
+    "images",
+    "best_conf",
+    "best_f1",
+    "per_class",
+}
+
+
+@pytest.mark.slow
+def test_evaluate_writes_report_and_plots(tmp_path: Path) -> None:
+    synth = _parse(
+        [
+            "synth",
+            "--out",
+            str(tmp_path / "s"),
+            "--count",
+            "12",
+            "--seed",
+            "31",
+            "--negative-share",
+            "0.5",
+        ]
+    )
+    assert synth.handler(synth) == 0
+    args = _parse(
+        [
+            "evaluate",
+            "--model",
+            str(SHIPPED_MODEL),
+            "--data",
+            str(tmp_path / "s" / "dataset.yaml"),
+            "--split",
+            "val",
+            "--json",
+            str(tmp_path / "report.json"),
+            "--plots",
+            str(tmp_path / "plots"),
+        ]
+    )
+
+    assert args.handler(args) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report) >= REPORT_KEYS
+    assert report["images"] == 12
+    assert report["iou"] == 0.6
+    assert set(report["per_class"]) == {"transverse", "mid_sagittal"}
+    assert (tmp_path / "plots" / "f1_confidence.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "precision_recall.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_export_onnx_has_dynamic_batch(tmp_path: Path) -> None:
+    import shutil
+
+    import onnx
+
+    model = tmp_path / "model.pt"
+    shutil.copy(SHIPPED_MODEL, model)
+    args = _parse(["export", "--model", str(model), "--format", "onnx", "--imgsz", "64"])
+
+    assert args.handler(args) == 0
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param != ""
+
+
+def test_export_openvino_names_missing_package(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is not None:
+        pytest.skip("openvino is installed, so the missing-package message cannot appear")
+    args = _parse(["export", "--model", str(SHIPPED_MODEL), "--format", "openvino"])
+
+    assert args.handler(args) == 2
+    assert "'openvino' Python package" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_openvino_writes_model_folder(tmp_path: Path) -> None:
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("the openvino package is not installed")
+    model = tmp_path / "model.pt"
+    shutil.copy(SHIPPED_MODEL, model)
+    args = _parse(["export", "--model", str(model), "--format", "openvino", "--imgsz", "64"])
+
+    assert args.handler(args) == 0
+    folder = tmp_path / "model_openvino_model"
+    assert (folder / "model.xml").is_file()
+    assert (folder / "model.bin").is_file()
