@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import health, images, streams, viewer
-from service.api.deps import BODY_READ_TIMEOUT_S, ApiKeys, require_api_key
+from service.api.deps import ApiKeys, require_api_key
 from service.config import Settings
 from service.detection.batcher import Batcher
 from service.detection.loading import load_detector
@@ -158,7 +158,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.api_keys = ApiKeys(settings.all_api_keys())
-    app.state.body_read_timeout_s = BODY_READ_TIMEOUT_S
+    app.state.body_read_timeout_s = settings.body_timeout_s
     app.state.pipeline = None
     app.state.batcher = None
     app.state.startup_error = None

@@ -103,6 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         access_log=False,
         log_level=settings.log_level.lower(),
+        limit_concurrency=settings.max_concurrent_requests,
     )
     return 0
 

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=40_000_000, ge=1)
     max_dicom_frames: int = Field(default=2000, ge=1)
+    # A request body that takes longer than this to arrive gets 408, so a slow client cannot
+    # hold a connection and its buffered bytes indefinitely.
+    body_timeout_s: float = Field(default=60.0, gt=0.0, le=3600.0)
+    # HTTP requests in progress at once; uvicorn answers 503 beyond it. Caps buffered uploads.
+    max_concurrent_requests: int = Field(default=128, ge=1, le=100_000)
     dicom_keep_series: bool = False
 
     # Access

@@ -19,10 +19,10 @@ from service.pipeline import FramePipeline
 logger = logging.getLogger(__name__)
 
 # A request body that has not fully arrived this long after the handler starts reading it
-# is abandoned with 408, so a client that uploads slowly cannot hold a connection and its
-# buffered bytes indefinitely. The app keeps the value in `app.state.body_read_timeout_s`.
-# NOTE: no SONOMASK_* setting changes it yet, and request headers have no such limit
-# because uvicorn has no header-read timeout. A proxy in front can bound both.
+# is abandoned with 408. The app sets `app.state.body_read_timeout_s` from
+# SONOMASK_BODY_TIMEOUT_S; this is the fallback for an app state without it.
+# NOTE: request headers have no such limit because uvicorn has no header-read timeout.
+# A proxy in front can bound them.
 BODY_READ_TIMEOUT_S = 60.0
 
 
