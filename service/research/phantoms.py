@@ -354,7 +354,11 @@ def _visible_fraction(box: tuple[float, float, float, float], fov: FieldOfView) 
 
 
 class _Sweep:
-    """A world scene with one target and two negatives, and the probe path across it."""
+    """A world scene with one target and two negatives, and the probe path across it.
+
+    NOTE: the probe moves within one flat scene, so planes change by sliding sideways. A real
+    sweep tilts through the body and the anatomy itself changes shape between planes.
+    """
 
     def __init__(self, seed: int, n_frames: int, size_wh: tuple[int, int]) -> None:
         self.rng = np.random.default_rng([seed, 9])

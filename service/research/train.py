@@ -66,6 +66,8 @@ class TrainConfig:
         arguments.pop("model")
         arguments["data"] = str(self.data)
         arguments["project"] = str(Path(self.project).resolve())
+        # NOTE: the study's blur augmentation needs the albumentations package, which the project
+        # does not install, so training runs without it.
         arguments.update(
             cos_lr=True,  # one-cycle schedule: warm-up, then cosine decay to lr0 * lrf
             deterministic=True,
