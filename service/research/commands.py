@@ -279,6 +279,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="input size in px; 0 reads it from the model or its sidecar JSON",
     )
+    parser.add_argument("--device", default="cpu", help="cpu, or a CUDA index such as 0")
     parser.add_argument("--json", type=Path, required=True, help="where to write the metrics")
     parser.add_argument("--plots", type=Path, help="folder for the F1 and PR curve PNGs")
     parser.set_defaults(handler=run_evaluate)
@@ -296,7 +297,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     imgsz = args.imgsz or model_imgsz(args.model)
     images = split_images(args.data, args.split)
-    results = predict_images(args.model, images, imgsz=imgsz, iou=args.iou)
+    results = predict_images(args.model, images, imgsz=imgsz, iou=args.iou, device=args.device)
     metrics = compute_metrics(results, CLASS_NAMES, conf=args.conf, iou=args.iou)
     report = metrics.as_json()
     report["imgsz"] = imgsz

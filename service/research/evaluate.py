@@ -356,6 +356,7 @@ def predict_images(
     iou: float,
     conf_floor: float = 0.001,
     batch: int = 8,
+    device: str = "cpu",
     progress: bool = True,
 ) -> list[ImageResult]:
     """Run an ultralytics model file over image files; ground truth from their YOLO labels."""
@@ -378,7 +379,7 @@ def predict_images(
                 iou=iou,
                 max_det=300,
                 verbose=False,
-                device="cpu",
+                device=device,
             )
         )
         for path, output in zip(chunk, outputs, strict=True):
