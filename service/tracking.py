@@ -97,7 +97,7 @@ class HoldConfig:
     max_s: float = 3.0
     union_frames: int = 5
     ssim_width: int = 160
-    ssim_context: float | None = 1.0
+    ssim_context: float | None = 0.5
 
     def __post_init__(self) -> None:
         # A StrEnum member (the settings' HoldPolicy) is stored as its plain value.
