@@ -143,6 +143,8 @@ class LoadResult:
     server_cpu_s_per_request: float
     client_cpu_s_per_request: float
     server_timing_p50_ms: dict[str, float] = field(default_factory=dict)
+    # The app's own batcher figures over the phase; None for the plain server.
+    model_in_situ: dict[str, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +192,7 @@ async def run_load(
                 latencies_ms.append(latency_ms)
                 _collect_server_timing(response.headers.get("server-timing"), server_timings)
 
+        counters_before = scrape_model_counters(server)
         cpu_before = server.cpu_s()
         client_before = _own_cpu_s()
         started_s = time.monotonic()
@@ -197,6 +200,7 @@ async def run_load(
         elapsed_s = time.monotonic() - started_s
         server_cpu_s = server.cpu_s() - cpu_before
         client_cpu_s = _own_cpu_s() - client_before
+        in_situ = model_share(counters_before, scrape_model_counters(server), elapsed_s)
 
     latencies_ms.sort()
     completed = max(len(latencies_ms), 1)
@@ -216,7 +220,48 @@ async def run_load(
         server_timing_p50_ms={
             name: statistics.median(values) for name, values in server_timings.items()
         },
+        model_in_situ=in_situ,
     )
+
+
+# Batcher metrics of the app: their change over a phase gives the model's share of it.
+_MODEL_COUNTERS = (
+    "sonomask_inference_seconds_sum",
+    "sonomask_batch_size_sum",
+    "sonomask_batch_size_count",
+)
+
+
+def scrape_model_counters(server: ServerProcess) -> dict[str, float] | None:
+    """Read the batcher's counters from the app's /metrics; None for a server without them."""
+    response = httpx.get(f"{server.base_url}/metrics", timeout=10)
+    if response.status_code != 200:
+        return None
+    values = {}
+    for line in response.text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _MODEL_COUNTERS:
+            values[name] = float(value)
+    return values if len(values) == len(_MODEL_COUNTERS) else None
+
+
+def model_share(
+    before: dict[str, float] | None, after: dict[str, float] | None, elapsed_s: float
+) -> dict[str, float] | None:
+    """Model time per image, mean batch size and the model's busy share between two scrapes."""
+    if before is None or after is None:
+        return None
+    model_s = after["sonomask_inference_seconds_sum"] - before["sonomask_inference_seconds_sum"]
+    frames = after["sonomask_batch_size_sum"] - before["sonomask_batch_size_sum"]
+    batches = after["sonomask_batch_size_count"] - before["sonomask_batch_size_count"]
+    if frames <= 0 or batches <= 0:
+        return None
+    return {
+        "frames": frames,
+        "mean_batch_size": frames / batches,
+        "model_ms_per_image": model_s * 1000 / frames,
+        "model_busy_share": model_s / elapsed_s,
+    }
 
 
 def _collect_server_timing(header: str | None, into: dict[str, list[float]]) -> None:

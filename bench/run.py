@@ -192,9 +192,11 @@ def _cpu_has_bfloat16() -> bool:
     return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def time_model(backend: str, model: Path, args: argparse.Namespace) -> dict[str, Any]:
+def time_model(
+    backend: str, model: Path, args: argparse.Namespace, label: str = "(a) model time"
+) -> dict[str, Any]:
     """Run `bench.model_times` for one backend in a fresh process and read its result."""
-    print(f"(a) model time, backend {backend} ...", flush=True)
+    print(f"{label}, backend {backend} ...", flush=True)
     repeats = 20 if args.quick else 80
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "model.json"
@@ -316,9 +318,13 @@ def benchmark_sonomask(
         import httpx
 
         info = httpx.get(f"{server.base_url}/readyz", timeout=10).json().get("model", {})
+        # The served backend timed again just before the load, while the app idles, so that
+        # the ratios compare figures taken under the same load from other processes.
+        adjacent = time_model(str(info.get("backend")), model, args, label="(b) served model")
         phases = _load_phases(server, image_set, args, args.profile_svg)
     phases["model_info"] = info
     phases["backend"] = info.get("backend")
+    phases["model_adjacent"] = adjacent
     return phases
 
 
