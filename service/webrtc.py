@@ -296,6 +296,8 @@ class StreamSession:
 
     async def negotiate(self, offer_sdp: str) -> RTCSessionDescription:
         """Apply the offer, attach the masked track, and return the answer with its candidates."""
+        # NOTE: there is no route for trickled candidates, so a peer must offer only after
+        # its ICE gathering has completed, with every candidate in the offer.
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         for transceiver in self.pc.getTransceivers():
             remote = transceiver.receiver.track

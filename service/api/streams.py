@@ -62,7 +62,8 @@ def _sessions(request: Request) -> SessionManager:
 async def open_stream(request: Request) -> StreamAnswer:
     """Start a session: the answer's video track carries the masked video.
 
-    Open a data channel in the offer to receive one JSON message per outgoing frame.
+    Send the offer after ICE gathering has completed, because candidates cannot be added
+    later. Open a data channel in the offer to receive one JSON message per outgoing frame.
     """
     sessions = _sessions(request)
     offer = _parse_offer(await read_body(request, _MAX_OFFER_BODY_BYTES))
