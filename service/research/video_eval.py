@@ -256,7 +256,7 @@ def evaluate(
 
     The selected setting is the swept hold_sim with the lowest exposure rate among those
     that add at most 1 % false-masked frames over `none`. Ties go to the higher threshold,
-    then the smaller cap, which hold the mask for less time.
+    then to the cap nearest `base`'s, so the data changes the cap only where it matters.
     """
     evaluation = Evaluation([video.name for video in videos], margin)
     baseline = score_policy(videos, dataclasses.replace(base, policy="none"), margin)
@@ -294,7 +294,7 @@ def evaluate(
             key=lambda e: (
                 e["exposure_rate"],
                 -e["config"]["sim_threshold"],
-                e["config"]["max_frames"],
+                abs(e["config"]["max_frames"] - base.max_frames),
             ),
         )
         evaluation.choice = {
@@ -307,7 +307,7 @@ def evaluate(
             "reason": (
                 "lowest exposure rate among the swept hold_sim settings that add at most "
                 f"{MAX_ADDED_FALSE_MASKED:.0%} false-masked frames over none; ties go to the "
-                "higher threshold, then the smaller cap"
+                "higher threshold, then to the cap nearest the current setting"
             ),
         }
     return evaluation

@@ -178,3 +178,23 @@ def test_replay_local_ssim_in_frame_coordinates() -> None:
     masks = replay(video, HoldConfig(policy="hold_sim", ssim_context=0.5, sim_threshold=0.9))
 
     assert masks == [(box,), (box,)]
+
+
+def test_evaluate_tie_keeps_cap_nearest_current() -> None:
+    detections = [(TRUE_BOX,) if i % 3 == 0 and i < 30 else () for i in range(60)]
+    true_boxes = [[TRUE_BOX] if i < 30 else [] for i in range(60)]
+    video = scripted_video(detections, true_boxes, scene_cut_at=30)
+    base = HoldConfig(max_frames=30, union_frames=0)
+
+    evaluation = evaluate(
+        [video],
+        base,
+        0.0,
+        sim_thresholds=(0.9,),
+        max_frames_options=(10, 40),
+        ssim_contexts=(None,),
+    )
+
+    # Both caps outlast every two-frame gap, so they score the same.
+    assert evaluation.sweep[0]["exposure_rate"] == evaluation.sweep[1]["exposure_rate"]
+    assert evaluation.choice["max_frames"] == 40
