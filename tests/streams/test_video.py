@@ -156,3 +156,31 @@ async def test_real_clip_keeps_count_size_and_rate(
     assert report.frames == len(read_back(source))
     assert len(read_back(output)) == report.frames
     assert report.decisions == {"clear": report.frames}
+
+
+def test_video_command_covers_phantom_targets(
+    tmp_path: Path, default_model_path: Path, monkeypatch: pytest.MonkeyPatch, covered_fraction
+) -> None:
+    # A sweep on which the shipped model finds the target in most frames.
+    source = write_video(tmp_path / "sweep.mp4", seed=31, n_frames=60, size_wh=(320, 240))
+    monkeypatch.setenv("SONOMASK_MODEL_PATH", str(default_model_path))
+    output = tmp_path / "masked.mp4"
+    report_path = tmp_path / "report.json"
+
+    code = cli.main(["video", str(source), "-o", str(output), "--report", str(report_path)])
+
+    assert code == 0
+    originals = read_back(source)
+    masked = read_back(output)
+    truth = json.loads(source.with_suffix(".json").read_text())["frames"]
+    records = json.loads(report_path.read_text())["per_frame"]
+    assert len(masked) == len(originals) == 60
+    covered = 0
+    for record, frame, original, frame_truth in zip(records, masked, originals, truth, strict=True):
+        if record["decision"] in ("masked", "held"):
+            for x1, y1, x2, y2 in record["boxes_xyxy"]:
+                inside = frame[round(y1) + 1 : round(y2) - 1, round(x1) + 1 : round(x2) - 1]
+                assert inside.max() < 30
+        for box in frame_truth["boxes"]:
+            covered += covered_fraction(frame, original, box["box_xyxy"]) >= 0.95
+    assert covered >= 20
