@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     hold_max_s: float = Field(default=3.0, ge=0.0, le=3600.0)
     hold_union_frames: int = Field(default=5, ge=0, le=1000)
     ssim_width: int = Field(default=160, ge=16, le=1024)
+    # SSIM is averaged around each held box grown by this share of its size; unset (empty)
+    # compares the whole frame, whose black surround and overlays stay similar for any view.
+    hold_ssim_context: float | None = Field(default=0.5, ge=0.0, le=10.0)
 
     # Streams
     max_sessions: int = Field(default=16, ge=0, le=10_000)

@@ -78,6 +78,8 @@ class HoldSettings(Protocol):
     def hold_union_frames(self) -> int: ...
     @property
     def ssim_width(self) -> int: ...
+    @property
+    def hold_ssim_context(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ class HoldConfig:
             max_s=settings.hold_max_s,
             union_frames=settings.hold_union_frames,
             ssim_width=settings.ssim_width,
+            ssim_context=settings.hold_ssim_context,
         )
 
 

@@ -381,17 +381,13 @@ KNOWN_GAPS = [
     "",
     "- Slow request headers: uvicorn has no header-read timeout, so a client that never",
     "  finishes its headers holds a socket (not a worker) until it disconnects. Put a proxy",
-    "  with a header timeout in front, or set uvicorn's `--limit-concurrency`.",
-    "- The body-read timeout is 60 s and fixed in `service/api/deps.py`; it has no",
-    "  `SONOMASK_*` setting yet.",
+    "  with a header timeout in front; `SONOMASK_MAX_CONCURRENT_REQUESTS` bounds how many.",
     "- The file-write check sees writes made through Python (`open`, `os.open`, `mkdir`,",
     "  `rename`, `remove`) by the audit hook; writes from C libraries are caught only when",
     "  they land in the server's working, temporary or home folder.",
-    "- Deeply nested JSON in a stream offer gives a 500: `json.loads` raises RecursionError",
-    "  in `service/api/streams.py`. The corpus marks the case as a strict xfail.",
     "- Bodies are read whole into memory, up to `SONOMASK_MAX_BODY_BYTES` (50 MiB by",
-    "  default) each, and nothing caps the number of uploads in flight: memory grows with",
-    "  concurrent large uploads. `--limit-concurrency` or a proxy bounds it.",
+    "  default) each, for at most `SONOMASK_MAX_CONCURRENT_REQUESTS` requests at once (128):",
+    "  memory grows with concurrent large uploads up to that bound.",
 ]
 
 

@@ -45,7 +45,11 @@ class StreamAnswer(BaseModel):
 def _sessions(request: Request) -> SessionManager:
     sessions: SessionManager | None = getattr(request.app.state, "sessions", None)
     if sessions is None:
-        raise HTTPException(503, detail="streams are not available: the service is starting")
+        raise HTTPException(
+            503,
+            detail="streams are not available: the service is starting",
+            headers={"Retry-After": "2"},
+        )
     return sessions
 
 
@@ -101,6 +105,8 @@ def _parse_offer(body: bytes) -> StreamOffer:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HTTPException(400, detail=f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPException(400, detail="the body is JSON nested too deeply") from None
     try:
         return StreamOffer.model_validate(payload)
     except ValidationError as exc:

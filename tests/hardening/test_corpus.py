@@ -18,11 +18,7 @@ from scripts.hardening.server import ServerProcess
 
 # Cases the service still gets wrong, with the fix each needs. xfail is strict: once the
 # fix lands the test fails until its entry here is removed.
-KNOWN_FAILURES = {
-    # json.loads raises RecursionError on deep nesting, which `_parse_offer` in
-    # service/api/streams.py does not catch; it needs `RecursionError` in its except clause.
-    "offer deeply nested json": "deeply nested JSON in an offer gives a 500",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 CASES = all_cases()
 
