@@ -2,7 +2,8 @@
 
 Phantom stills (positive and negative planes, 640×480) when the phantom generator is
 importable, else the real fetal head stills beside the repository. Each image is sent as
-the PNG a client would upload and is decoded once for the model-only timings.
+the PNG a client would upload (and as a quality-95 JPEG for one more latency phase), and is
+decoded once for the model-only timings.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class BenchImage:
     name: str
     bgr: np.ndarray
     png: bytes
+    jpeg: bytes
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,8 @@ def _real_stills(count: int) -> ImageSet:
 
 
 def _bench_image(name: str, bgr: np.ndarray) -> BenchImage:
-    ok, buffer = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    if not ok:
+    png_ok, png = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    jpeg_ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not (png_ok and jpeg_ok):
         raise RuntimeError(f"OpenCV failed to encode benchmark image {name}")
-    return BenchImage(name, np.ascontiguousarray(bgr), buffer.tobytes())
+    return BenchImage(name, np.ascontiguousarray(bgr), png.tobytes(), jpeg.tobytes())

@@ -34,6 +34,7 @@ from bench import report
 from bench.dev_model import resolve_model
 from bench.http_load import ServerProcess, run_load, run_server
 from bench.images import REPO_ROOT, ImageSet, load_image_set
+from bench.model_times import BACKENDS
 from bench.stages import time_stages
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -102,6 +103,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--app-source",
         type=Path,
         help="serve the app from this checkout instead, to compare two versions",
+    )
+    parser.add_argument(
+        "--served-model-backend",
+        choices=BACKENDS,
+        help="bench.model_times backend that matches the served app (default: its backend)",
     )
     parser.add_argument("--skip-plain", action="store_true", help="skip the plain server")
     parser.add_argument("--streams", type=int, default=4, help="WebRTC streams for (d)")
@@ -257,6 +263,15 @@ def _load_phases(
         requests=40 if args.quick else 200,
     )
     phases["c1"] = asyncio.run(single).as_dict()
+    single_jpeg = run_load(
+        server,
+        "/v1/mask",
+        [image.jpeg for image in image_set.images],
+        content_type="image/jpeg",
+        concurrency=1,
+        requests=40 if args.quick else 200,
+    )
+    phases["c1_jpeg"] = asyncio.run(single_jpeg).as_dict()
     for concurrency in (8, 32):
         load = run_load(
             server,
@@ -320,7 +335,8 @@ def benchmark_sonomask(
         info = httpx.get(f"{server.base_url}/readyz", timeout=10).json().get("model", {})
         # The served backend timed again just before the load, while the app idles, so that
         # the ratios compare figures taken under the same load from other processes.
-        adjacent = time_model(str(info.get("backend")), model, args, label="(b) served model")
+        served = args.served_model_backend or str(info.get("backend"))
+        adjacent = time_model(served, model, args, label="(b) served model")
         phases = _load_phases(server, image_set, args, args.profile_svg)
     phases["model_info"] = info
     phases["backend"] = info.get("backend")
