@@ -52,8 +52,8 @@ def sidecar_path(weights: Path) -> Path:
 
 # Fastest first. On 2 AMD EPYC cores (docs/benchmarks.md) the served app ran as fast on the
 # lean ONNX Runtime detector as on OpenVINO in float32, with 125 MiB less memory, and each
-# ran the model in 50-65 % of torch's time per image. ONNX Runtime comes first because the service always
-# installs it. Intel CPUs may favour OpenVINO, so compare both there with the benchmark.
+# ran the model in 50-65 % of torch's time per image. ONNX Runtime comes first because the
+# service always installs it. Intel CPUs may favour OpenVINO: compare both there.
 # NOTE: the CUDA order is an expectation, not a measurement, because no GPU was available
 # to time it. Run bench/gpu_check.sh on a GPU machine to confirm it.
 CPU_PREFERENCE = (Backend.ONNX, Backend.OPENVINO, Backend.TORCH)
