@@ -56,7 +56,7 @@ def _phantom_stills(count: int) -> ImageSet:
     from service.research.anatomy import NEGATIVE_PLANES, POSITIVE_PLANES
     from service.research.phantoms import render_still
 
-    # Three positive planes for every negative one, cycling through the plane names.
+    # Three stills of a target plane, then two of other planes, cycling through the names.
     planes = itertools.cycle([*POSITIVE_PLANES, POSITIVE_PLANES[0], *NEGATIVE_PLANES[:2]])
     images = []
     for seed, plane in zip(range(count), planes, strict=False):

@@ -22,8 +22,8 @@ Image.MAX_IMAGE_PIXELS = None
 
 JPEG_QUALITY = 95
 # zlib level 1 with the SUB row filter only. libpng's default tries every filter on every
-# row, which made encoding 640×480 and 800×540 ultrasound stills about 40 % slower for 3-8 %
-# fewer bytes (OpenCV 5.1 on 2 CPU cores). Older OpenCV builds lack the filter flag.
+# row, which made encoding 640×480 and 800×540 ultrasound stills about 40 % slower for at
+# most 8 % fewer bytes (OpenCV 5.1 on 2 CPU cores). Older OpenCV builds lack the filter flag.
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 if hasattr(cv2, "IMWRITE_PNG_FILTER"):
     PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
