@@ -167,7 +167,7 @@ def nms_xyxy(
     order = np.argsort(-scores, kind="stable")
     x1, y1, x2, y2 = (boxes_xyxy[:, i] for i in range(4))
     areas = (x2 - x1).clip(0) * (y2 - y1).clip(0)
-    keep = []
+    keep: list[int] = []
     while order.size and (max_keep is None or len(keep) < max_keep):
         best = order[0]
         keep.append(best)
