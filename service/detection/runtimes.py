@@ -203,6 +203,7 @@ def onnxruntime_providers(device: str) -> list[Any]:
 
     Raises ModelLoadError when a GPU is requested but the installed onnxruntime has no
     CUDA provider, rather than quietly running on the CPU.
+    NOTE: the CUDA branch has never run on a GPU; the tests cover only the refusal.
     """
     import onnxruntime
 
