@@ -15,7 +15,6 @@ def bodies() -> list[bytes]:
     return [image.png for image in load_image_set(4).images]
 
 
-@pytest.mark.slow
 async def test_load_on_served_app(untrained_with_onnx: Path, bodies: list[bytes]) -> None:
     env = {
         "SONOMASK_MODEL_PATH": str(untrained_with_onnx),
@@ -36,7 +35,6 @@ async def test_load_on_served_app(untrained_with_onnx: Path, bodies: list[bytes]
     assert memory["rss_mib"] > 0
 
 
-@pytest.mark.slow
 async def test_load_on_plain_server(untrained_model_path: Path, bodies: list[bytes]) -> None:
     env = {"PLAIN_MODEL": str(untrained_model_path)}
     with run_server("plain", "bench.plain_server:app", env) as server:

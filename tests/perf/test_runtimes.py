@@ -34,7 +34,6 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return intersection / union if union > 0 else 0.0
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("runtime", [OnnxRuntimeDetector, OpenVinoDetector])
 def test_lean_detector_matches_ultralytics(default_model_path: Path, runtime: type) -> None:
     onnx_path = default_model_path.with_suffix(".onnx")
