@@ -17,6 +17,7 @@ from service.webrtc import (
     SessionManager,
     SessionNotFoundError,
     StreamsNotReadyError,
+    ice_servers_from,
 )
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,33 @@ class StreamAnswer(BaseModel):
     sdp: str
     type: str
     session_id: str
+
+
+class IceServer(BaseModel):
+    """One entry of `RTCConfiguration.iceServers`, as a browser takes it."""
+
+    urls: str
+    username: str | None = None
+    credential: str | None = None
+
+
+class IceServers(BaseModel):
+    ice_servers: list[IceServer]
+
+
+@router.get("/v1/streams/ice-servers", response_model=IceServers)
+async def ice_servers(request: Request) -> IceServers:
+    """The STUN and TURN servers a client should use to reach this service's media.
+
+    TURN credentials are included, so the route is behind the API key like every `/v1` route.
+    """
+    servers = ice_servers_from(request.app.state.settings)
+    return IceServers(
+        ice_servers=[
+            IceServer(urls=str(server.urls), username=server.username, credential=server.credential)
+            for server in servers
+        ]
+    )
 
 
 def _sessions(request: Request) -> SessionManager:

@@ -146,11 +146,20 @@ async function readError(response) {
   }
 }
 
+// The service lists the STUN and TURN servers its media is reachable through; none by default.
+async function fetchIceServers() {
+  const response = await fetch("/v1/streams/ice-servers", { headers: authHeaders() });
+  if (!response.ok) {
+    throw new Error(`the service rejected the stream: ${await readError(response)}`);
+  }
+  return (await response.json()).ice_servers;
+}
+
 async function start() {
   view.error.textContent = "";
   setState("starting");
   const source = await openSource();
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  const pc = new RTCPeerConnection({ iceServers: await fetchIceServers() });
   const current = { pc, source, id: null, figures: newFigures() };
   session = current;
 
