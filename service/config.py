@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     conf: float | None = Field(default=None, gt=0.0, lt=1.0)
     iou: float | None = Field(default=None, gt=0.0, le=1.0)
     max_detections: int = Field(default=32, ge=1, le=1000)
+    # ONNX Runtime threads for one model call; 0 lets the runtime use every core it sees, which
+    # in a container is the node's cores, not the CPU limit. Spinning threads lower latency on
+    # an idle machine but slow everything when other work shares the cores.
+    onnx_threads: int = Field(default=0, ge=0, le=256)
+    onnx_spinning: bool = False
 
     # Start-up self-test: a known frame with a known target, checked before /readyz turns 200.
     selftest_image: Path | None = None

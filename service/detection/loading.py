@@ -151,7 +151,14 @@ def load_detector(settings: Settings) -> Detector:
     max_detections = settings.max_detections
     if backend is Backend.ONNX:
         return OnnxRuntimeDetector(
-            weights, device=device, imgsz=imgsz, conf=conf, iou=iou, max_detections=max_detections
+            weights,
+            device=device,
+            imgsz=imgsz,
+            conf=conf,
+            iou=iou,
+            max_detections=max_detections,
+            intra_op_threads=settings.onnx_threads,
+            allow_spinning=settings.onnx_spinning,
         )
     if backend is Backend.OPENVINO:
         return OpenVinoDetector(
