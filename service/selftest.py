@@ -66,7 +66,7 @@ async def run_selftest(
         raise SelfTestError(f"the detector failed on the self-test frame: {outcome.failure_detail}")
 
     if frame.labelled and require_detection:
-        best = max((_iou(box, frame.target_xyxy) for box in outcome.boxes_xyxy), default=0.0)
+        best = max((iou_xyxy(box, frame.target_xyxy) for box in outcome.boxes_xyxy), default=0.0)
         if best < MIN_IOU:
             raise SelfTestError(
                 f"the detector missed the self-test target (best IoU {best:.2f}, expected at "
@@ -98,7 +98,8 @@ def _check_mask_drawn(pipeline: FramePipeline, frame: SelfTestFrame) -> None:
         raise SelfTestError("the masker changed pixels outside the self-test target")
 
 
-def _iou(a: BoxXYXY, b: BoxXYXY) -> float:
+def iou_xyxy(a: BoxXYXY, b: BoxXYXY) -> float:
+    """Intersection over union of two boxes."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
