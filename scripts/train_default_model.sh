@@ -4,10 +4,11 @@
 # The steps live in service/research/default_model.py:
 # - 1,000 training and 300 validation phantoms from fixed seeds,
 # - two thirds of the hc18 head images as extra training negatives,
-# - 16 epochs of YOLOv8n from its .yaml at 320 px on the CPU,
+# - stage 1: 16 epochs of YOLOv8n from its .yaml at 320 px on the CPU,
+# - stage 2: 16 more epochs from stage 1's best weights on 1,000 new phantoms,
 # - the best-F1 confidence on the validation split, and the ONNX export,
 # - metrics on a fresh phantom test set and on real negatives the model never saw.
-# It took about an hour on two shared CPU cores. Nothing is downloaded.
+# It took about two hours on two shared CPU cores. Nothing is downloaded.
 #
 # Usage: scripts/train_default_model.sh [WORK_DIR]   (default: runs/default-model)
 set -euo pipefail

@@ -1,8 +1,9 @@
 """Every step that produces the shipped demonstration model, so that one script reproduces it.
 
-`python -m service.research.default_model all --work DIR --hc18 DIR` builds the data, trains,
-picks the confidence threshold on the validation split, exports ONNX, writes the sidecar JSON,
-and evaluates on a fresh phantom test set and on real negative images the model never saw.
+`python -m service.research.default_model all --work DIR --hc18 DIR --real DIR` builds the data,
+trains in two stages, picks the confidence threshold on the validation split, exports ONNX,
+writes the sidecar JSON, and evaluates on a fresh phantom test set and on real negative images
+the model never saw.
 Each step is also a subcommand, so an interrupted run can resume from the step that failed.
 """
 
@@ -25,6 +26,9 @@ MODEL_NAME = "sonomask-demo-n"
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 TRAIN_SEED = 1001
+# The second stage fine-tunes the first stage's best weights on new phantoms from this seed, so
+# the model meets 2,000 different training stills in all.
+STAGE2_TRAIN_SEED = 1004
 TRAIN_COUNT = 1000
 # Half the training images are positives, so the small model meets enough targets in few epochs.
 # The validation and test sets keep the study's share of negatives.
@@ -39,7 +43,7 @@ IMGSZ = 320
 
 
 def train_config(work: Path) -> TrainConfig:
-    """Return the exact training settings of the shipped model."""
+    """Return the exact settings of the first training stage: from scratch, 16 epochs."""
     return TrainConfig(
         data=work / "data" / "dataset.yaml",
         model="yolov8n.yaml",
@@ -55,12 +59,32 @@ def train_config(work: Path) -> TrainConfig:
     )
 
 
-def prepare_data(work: Path, hc18: Path) -> None:
+def stage2_config(work: Path, stage1_best: Path) -> TrainConfig:
+    """Return the exact settings of stage 2: 16 more epochs from stage 1 at half the rate."""
+    return TrainConfig(
+        data=work / "data2" / "dataset.yaml",
+        model=str(stage1_best),
+        epochs=16,
+        imgsz=IMGSZ,
+        batch=16,
+        seed=0,
+        workers=0,
+        device="cpu",
+        project=work / "runs",
+        name="stage2",
+        lr0=0.001,
+        warmup_epochs=0.0,
+        close_mosaic=4,
+    )
+
+
+def prepare_data(work: Path, hc18: Path, stage: int = 1) -> None:
     """Write training and validation phantoms and add the training part of hc18 as negatives."""
-    root = work / "data"
+    root = work / ("data" if stage == 1 else "data2")
+    seed = TRAIN_SEED if stage == 1 else STAGE2_TRAIN_SEED
     if root.exists():
         shutil.rmtree(root)
-    synthesize_dataset(root / "train", TRAIN_COUNT, TRAIN_SEED, negative_share=TRAIN_NEGATIVE_SHARE)
+    synthesize_dataset(root / "train", TRAIN_COUNT, seed, negative_share=TRAIN_NEGATIVE_SHARE)
     synthesize_dataset(root / "val", VAL_COUNT, VAL_SEED, negative_share=STUDY_NEGATIVE_SHARE)
     kept, _ = hold_out_every(list_images(hc18), HC18_HOLD_OUT_EVERY)
     copy_negative_images(kept, root / "train", prefix="hc18_")
@@ -76,10 +100,15 @@ def prepare_test(work: Path) -> Path:
     return root / "dataset.yaml"
 
 
-def run_training(work: Path) -> Path:
+def run_training(work: Path, stage: int = 1) -> Path:
     from service.research.train import train
 
-    return train(train_config(work))
+    if stage == 1:
+        return train(train_config(work))
+    stage1_best = work / "runs" / "default" / "weights" / "best.pt"
+    if not stage1_best.is_file():
+        raise FileNotFoundError(f"stage 2 starts from stage 1's weights, not found: {stage1_best}")
+    return train(stage2_config(work, stage1_best))
 
 
 def install_model(best_pt: Path) -> Path:
@@ -97,7 +126,7 @@ def choose_threshold(work: Path, model: Path) -> dict[str, Any]:
     """Sweep confidence on the validation split and write the sidecar JSON with the best-F1 one."""
     from service.research.evaluate import compute_metrics, predict_images, split_images
 
-    images = split_images(work / "data" / "dataset.yaml", "val")
+    images = split_images(work / "data2" / "dataset.yaml", "val")
     results = predict_images(model, images, imgsz=IMGSZ, iou=NMS_IOU)
     metrics = compute_metrics(results, CLASS_NAMES, conf=0.5, iou=NMS_IOU)
     sidecar = {
@@ -191,20 +220,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "step",
-        choices=("all", "data", "train", "install", "threshold", "export", "evaluate"),
+        choices=(
+            "all",
+            "data",
+            "train",
+            "data2",
+            "train2",
+            "install",
+            "threshold",
+            "export",
+            "evaluate",
+        ),
     )
     parser.add_argument("--work", type=Path, required=True, help="folder for data and runs")
     parser.add_argument("--hc18", type=Path, required=True, help="folder of hc18 head images")
     parser.add_argument("--real", type=Path, help="real data root (stills/, video/) for evaluate")
     args = parser.parse_args(argv)
     work = args.work.resolve()
-    best = work / "runs" / "default" / "weights" / "best.pt"
+    best = work / "runs" / "stage2" / "weights" / "best.pt"
     installed = MODELS_DIR / f"{MODEL_NAME}.pt"
 
     if args.step in ("all", "data"):
         prepare_data(work, args.hc18)
     if args.step in ("all", "train"):
-        best = run_training(work)
+        run_training(work)
+    if args.step in ("all", "data2"):
+        prepare_data(work, args.hc18, stage=2)
+    if args.step in ("all", "train2"):
+        best = run_training(work, stage=2)
     if args.step in ("all", "install"):
         print(f"installed {install_model(best)}")
     if args.step in ("all", "threshold"):
