@@ -86,8 +86,8 @@ def prepare_data(work: Path, hc18: Path, stage: int = 1) -> None:
         shutil.rmtree(root)
     synthesize_dataset(root / "train", TRAIN_COUNT, seed, negative_share=TRAIN_NEGATIVE_SHARE)
     synthesize_dataset(root / "val", VAL_COUNT, VAL_SEED, negative_share=STUDY_NEGATIVE_SHARE)
-    kept, _ = hold_out_every(list_images(hc18), HC18_HOLD_OUT_EVERY)
-    copy_negative_images(kept, root / "train", prefix="hc18_")
+    hc18_training, _ = hold_out_every(list_images(hc18), HC18_HOLD_OUT_EVERY)
+    copy_negative_images(hc18_training, root / "train", prefix="hc18_")
     write_dataset_yaml(root / "dataset.yaml", root, {"train": "train/images", "val": "val/images"})
 
 
