@@ -252,3 +252,19 @@ async def test_real_ultrasound_images(serve, untrained_model_path: Path, shared_
             assert Image.open(io.BytesIO(masked.content)).size == original.size, path.name
             assert detected.status_code == 200, path.name
             assert (detected.json()["width"], detected.json()["height"]) == original.size
+
+
+async def test_selftest_gates_readiness(serve, untrained_model_path: Path) -> None:
+    # The packaged self-test frame shows a phantom target that a model with random weights
+    # cannot find, so readiness must stay off with a reason.
+    settings = Settings(model_path=untrained_model_path, selftest_require_detection=True)
+    async with serve(settings, wait_ready=False) as served:
+        for _ in range(600):
+            ready = await served.client.get("/readyz")
+            if "start-up failed" in ready.json()["detail"]:
+                break
+            await asyncio.sleep(0.05)
+        metric = await served.metric("sonomask_ready")
+    assert ready.status_code == 503
+    assert "missed the self-test target" in ready.json()["detail"]
+    assert metric == 0.0
