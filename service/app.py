@@ -25,7 +25,7 @@ from service.logs import request_id_var
 from service.masking import MaskSpec
 from service.metrics import Metrics
 from service.pipeline import FramePipeline
-from service.selftest import load_selftest_frame, run_selftest
+from service.selftest import detection_required, load_selftest_frame, run_selftest
 from service.tracking import HoldConfig
 from service.webrtc import SessionManager
 
@@ -103,7 +103,7 @@ async def _start_model(app: FastAPI, injected: Detector | None) -> None:
         )
         pipeline.ready = True
         frame = await asyncio.to_thread(load_selftest_frame, settings.selftest_image)
-        await run_selftest(pipeline, frame, require_detection=settings.selftest_require_detection)
+        await run_selftest(pipeline, frame, require_detection=detection_required(settings))
     except Exception as exc:  # any start-up failure keeps the service alive but not ready
         state.startup_error = f"start-up failed: {exc}"
         logger.error("model start-up failed: %s", exc)

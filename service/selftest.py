@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from service.config import PACKAGE_DIR
+from service.config import DEFAULT_MODEL_PATH, PACKAGE_DIR, Settings
 from service.masking import BoxXYXY, expand_box_xyxy
 from service.pipeline import FrameOutcome, FramePipeline
 from service.tracking import Decision
@@ -55,6 +55,21 @@ def load_selftest_frame(path: Path | None) -> SelfTestFrame:
     ramp = np.linspace(40, 200, 320, dtype=np.uint8)
     image = np.repeat(np.repeat(ramp[None, :, None], 240, axis=0), 3, axis=2)
     return SelfTestFrame(np.ascontiguousarray(image), (100.0, 60.0, 180.0, 140.0), labelled=False)
+
+
+def detection_required(settings: Settings) -> bool:
+    """Whether the self-test must see the model find its labelled target.
+
+    The packaged frame is a phantom labelled for the shipped model; a model trained on other
+    images need not find it, so for such a model only a frame the operator supplies
+    (SONOMASK_SELFTEST_IMAGE) is held against it.
+    """
+    if not settings.selftest_require_detection:
+        return False
+    if settings.selftest_image is not None:
+        return True
+    shipped = {DEFAULT_MODEL_PATH.resolve(), DEFAULT_MODEL_PATH.with_suffix(".onnx").resolve()}
+    return settings.model_path.resolve() in shipped
 
 
 async def run_selftest(

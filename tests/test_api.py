@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from service.config import Settings
+from service.selftest import DEFAULT_SELFTEST_IMAGE, detection_required
 
 
 def _jpeg(array: np.ndarray) -> bytes:
@@ -257,7 +258,11 @@ async def test_real_ultrasound_images(serve, untrained_model_path: Path, shared_
 async def test_selftest_gates_readiness(serve, untrained_model_path: Path) -> None:
     # The packaged self-test frame shows a phantom target that a model with random weights
     # cannot find, so readiness must stay off with a reason.
-    settings = Settings(model_path=untrained_model_path, selftest_require_detection=True)
+    settings = Settings(
+        model_path=untrained_model_path,
+        selftest_image=DEFAULT_SELFTEST_IMAGE,
+        selftest_require_detection=True,
+    )
     async with serve(settings, wait_ready=False) as served:
         for _ in range(600):
             ready = await served.client.get("/readyz")
@@ -268,3 +273,16 @@ async def test_selftest_gates_readiness(serve, untrained_model_path: Path) -> No
     assert ready.status_code == 503
     assert "missed the self-test target" in ready.json()["detail"]
     assert metric == 0.0
+
+
+def test_selftest_detection_only_for_known_frames(untrained_model_path: Path) -> None:
+    from service.config import DEFAULT_MODEL_PATH
+
+    assert detection_required(Settings(model_path=DEFAULT_MODEL_PATH))
+    assert not detection_required(Settings(model_path=untrained_model_path))
+    assert detection_required(
+        Settings(model_path=untrained_model_path, selftest_image=DEFAULT_SELFTEST_IMAGE)
+    )
+    assert not detection_required(
+        Settings(model_path=DEFAULT_MODEL_PATH, selftest_require_detection=False)
+    )
