@@ -103,7 +103,8 @@ async def _start_model(app: FastAPI, injected: Detector | None) -> None:
         )
         pipeline.ready = True
         frame = await asyncio.to_thread(load_selftest_frame, settings.selftest_image)
-        await run_selftest(pipeline, frame, require_detection=detection_required(settings))
+        required = detection_required(settings, injected_detector=injected is not None)
+        await run_selftest(pipeline, frame, require_detection=required)
     except Exception as exc:  # any start-up failure keeps the service alive but not ready
         state.startup_error = f"start-up failed: {exc}"
         logger.error("model start-up failed: %s", exc)

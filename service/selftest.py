@@ -57,17 +57,20 @@ def load_selftest_frame(path: Path | None) -> SelfTestFrame:
     return SelfTestFrame(np.ascontiguousarray(image), (100.0, 60.0, 180.0, 140.0), labelled=False)
 
 
-def detection_required(settings: Settings) -> bool:
+def detection_required(settings: Settings, *, injected_detector: bool = False) -> bool:
     """Whether the self-test must see the model find its labelled target.
 
     The packaged frame is a phantom labelled for the shipped model; a model trained on other
     images need not find it, so for such a model only a frame the operator supplies
-    (SONOMASK_SELFTEST_IMAGE) is held against it.
+    (SONOMASK_SELFTEST_IMAGE) is held against it. A detector passed to the app directly is
+    not the model file the settings name.
     """
     if not settings.selftest_require_detection:
         return False
     if settings.selftest_image is not None:
         return True
+    if injected_detector:
+        return False
     shipped = {DEFAULT_MODEL_PATH.resolve(), DEFAULT_MODEL_PATH.with_suffix(".onnx").resolve()}
     return settings.model_path.resolve() in shipped
 
