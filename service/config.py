@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     # Tracking (streams, videos, multi-frame DICOM)
     hold_policy: HoldPolicy = HoldPolicy.HOLD_SIM
     hold_frames: int = Field(default=15, ge=0, le=10_000)
-    hold_sim_threshold: float = Field(default=0.5, ge=-1.0, le=1.0)
+    hold_sim_threshold: float = Field(default=0.4, ge=-1.0, le=1.0)
     hold_max_frames: int = Field(default=60, ge=0, le=100_000)
     hold_max_s: float = Field(default=3.0, ge=0.0, le=3600.0)
     hold_union_frames: int = Field(default=5, ge=0, le=1000)

@@ -94,7 +94,7 @@ class HoldConfig:
 
     policy: str = "hold_sim"
     hold_frames: int = 15
-    sim_threshold: float = 0.5
+    sim_threshold: float = 0.4
     max_frames: int = 60
     max_s: float = 3.0
     union_frames: int = 5
