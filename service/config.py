@@ -15,7 +15,7 @@ DEFAULT_MODEL_PATH = PACKAGE_DIR / "models" / "sonomask-demo-n.pt"
 
 
 class MaskStyle(StrEnum):
-    """How a masked region is drawn, from weakest to strongest cover."""
+    """Mask style of a covered region, ordered from weakest to strongest cover."""
 
     BLUR = "blur"
     PIXELATE = "pixelate"
@@ -60,9 +60,9 @@ class Settings(BaseSettings):
     conf: float | None = Field(default=None, gt=0.0, lt=1.0)
     iou: float | None = Field(default=None, gt=0.0, le=1.0)
     max_detections: int = Field(default=32, ge=1, le=1000)
-    # ONNX Runtime threads for one model call; 0 lets the runtime use every core it sees, which
-    # in a container is the node's cores, not the CPU limit. Spinning threads lower latency on
-    # an idle machine but slow everything when other work shares the cores.
+    # ONNX Runtime threads for one model call. 0 lets the runtime size its pool itself, and in a
+    # container that follows the node's cores, not the CPU limit. Spinning threads lower latency
+    # on an idle machine but slow everything when other work shares the cores.
     onnx_threads: int = Field(default=0, ge=0, le=256)
     onnx_spinning: bool = False
 
@@ -88,8 +88,8 @@ class Settings(BaseSettings):
     hold_max_s: float = Field(default=3.0, ge=0.0, le=3600.0)
     hold_union_frames: int = Field(default=5, ge=0, le=1000)
     ssim_width: int = Field(default=160, ge=16, le=1024)
-    # SSIM is averaged around each held box grown by this share of its size; unset (empty)
-    # compares the whole frame, whose black surround and overlays stay similar for any view.
+    # SSIM is averaged around each held box grown by this share of its size. Unset (empty)
+    # compares the whole frame, but its black surround and overlays look alike in any view.
     hold_ssim_context: float | None = Field(default=0.5, ge=0.0, le=10.0)
 
     # Streams
@@ -106,7 +106,8 @@ class Settings(BaseSettings):
     # A request body that takes longer than this to arrive gets 408, so a slow client cannot
     # hold a connection and its buffered bytes indefinitely.
     body_timeout_s: float = Field(default=60.0, gt=0.0, le=3600.0)
-    # HTTP requests in progress at once; uvicorn answers 503 beyond it. Caps buffered uploads.
+    # HTTP requests in progress at once; uvicorn returns 503 beyond it. This bounds the memory
+    # held by buffered uploads.
     max_concurrent_requests: int = Field(default=128, ge=1, le=100_000)
     dicom_keep_series: bool = False
 

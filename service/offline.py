@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 async def local_pipeline(
     settings: Settings, *, detector: Detector | None = None, metrics: Metrics | None = None
 ) -> AsyncIterator[FramePipeline]:
-    """A ready pipeline on a fresh batcher; the batcher stops when the block ends."""
+    """Start a ready pipeline on a fresh batcher, and stop the batcher when the block ends."""
     if detector is None:
         detector = await asyncio.to_thread(load_detector, settings)
     await asyncio.to_thread(detector.warmup)

@@ -32,7 +32,7 @@ MAX_DETECTIONS_PER_FRAME = 1000
 
 
 class FailureReason(StrEnum):
-    """Why a frame could not be checked; also the `reason` label of rejections."""
+    """Reason a frame could not be checked; also the `reason` label of rejections."""
 
     NOT_READY = "not_ready"
     QUEUE_FULL = "queue_full"
@@ -109,7 +109,7 @@ class FramePipeline:
         self.ready = False
 
     def effective_spec(self, requested: MaskSpec | None) -> MaskSpec:
-        """The requested spec raised to the server's floor: callers may ask for more, never less."""
+        """Raise the requested spec to the server's floor: callers may ask for more, never less."""
         return self.floor_spec if requested is None else requested.at_least(self.floor_spec)
 
     async def run(

@@ -1,7 +1,7 @@
 """The start-up self-test that gates readiness.
 
 The detector runs on a known frame through the real batcher. When the frame comes with a
-labelled target, the detector must find it; in every case a mask drawn over the target box
+labelled target, the detector must find it. In every case a mask drawn over the target box
 must cover it completely and leave the rest of the frame unchanged.
 """
 
@@ -40,7 +40,7 @@ class SelfTestFrame:
 
 
 def load_selftest_frame(path: Path | None) -> SelfTestFrame:
-    """The labelled frame at `path` (boxes in `<path>.json`), the packaged one, or a plain frame."""
+    """Load the labelled frame at `path` (box in `<path>.json`), the packaged one, or a plain."""
     path = path if path is not None else DEFAULT_SELFTEST_IMAGE
     if path.is_file():
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -60,10 +60,10 @@ def load_selftest_frame(path: Path | None) -> SelfTestFrame:
 def detection_required(settings: Settings, *, injected_detector: bool = False) -> bool:
     """Whether the self-test must see the model find its labelled target.
 
-    The packaged frame is a phantom labelled for the shipped model; a model trained on other
-    images need not find it, so for such a model only a frame the operator supplies
-    (SONOMASK_SELFTEST_IMAGE) is held against it. A detector passed to the app directly is
-    not the model file the settings name.
+    The packaged frame is a phantom labelled for the shipped model. A model trained on other
+    images need not find it, so such a model is held only to a frame the operator supplies in
+    SONOMASK_SELFTEST_IMAGE. A detector passed to the app directly is not the model file the
+    settings name, so it counts as such a model.
     """
     if not settings.selftest_require_detection:
         return False
