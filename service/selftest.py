@@ -40,7 +40,7 @@ class SelfTestFrame:
 
 
 def load_selftest_frame(path: Path | None) -> SelfTestFrame:
-    """Load the labelled frame at `path` (box in `<path>.json`), the packaged one, or a plain."""
+    """Load the frame at `path` (its box in `<path>.json`), else the packaged one or a gradient."""
     path = path if path is not None else DEFAULT_SELFTEST_IMAGE
     if path.is_file():
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
