@@ -68,7 +68,7 @@ _IMAGE_CLASSES: dict[ImageFormat, type[ImageFile.ImageFile]] = {
 
 
 class ImageInputError(ValueError):
-    """An image the service cannot take; `status_code` is the HTTP status to answer."""
+    """An image the service cannot take; `status_code` is the HTTP status to return."""
 
     def __init__(self, status_code: int, message: str) -> None:
         super().__init__(message)
@@ -104,7 +104,7 @@ def format_for_media_type(media_type: str) -> ImageFormat:
 
 
 def decode_image(data: bytes, image_format: ImageFormat, *, max_pixels: int) -> DecodedImage:
-    """Decode and check an image; raises ImageInputError with the status to answer."""
+    """Decode and check an image; raises ImageInputError with the status to return."""
     if not data:
         raise ImageInputError(400, "the request body is empty: send the image bytes")
     if not data.startswith(_SIGNATURES[image_format]):
@@ -190,7 +190,7 @@ def opaque_regions(pixels: np.ndarray, regions: list[tuple[int, int, int, int]])
 
 
 def _native_pixels(image: Image.Image) -> tuple[np.ndarray, str]:
-    """The image as a numpy array in one of four modes the service masks in place."""
+    """Convert the image to a numpy array in one of the four modes the service masks in."""
     mode = image.mode
     if mode in {"L", "RGB", "RGBA"}:
         return np.asarray(image), mode

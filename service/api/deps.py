@@ -1,4 +1,4 @@
-"""What routes share: the service's parts on app state, request bodies within limits, API keys."""
+"""Route dependencies: the service's parts on app state, bounded request bodies, API keys."""
 
 from __future__ import annotations
 
@@ -57,11 +57,11 @@ class Upload:
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    """Read the whole body in memory, answering 413 as soon as it passes `max_bytes`.
+    """Read the whole body in memory, raising 413 as soon as it passes `max_bytes`.
 
     A body that takes longer than `app.state.body_read_timeout_s` to arrive gets a 408.
-    NOTE: nothing caps the uploads in flight, so memory grows by up to `max_bytes` for each
-    concurrent upload; uvicorn's `--limit-concurrency` or a proxy bounds it.
+    Memory grows by up to `max_bytes` for each upload in flight; `sonomask serve` caps those
+    at SONOMASK_MAX_CONCURRENT_REQUESTS.
     """
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -94,7 +94,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 
 async def read_upload(request: Request, max_bytes: int) -> Upload:
-    """The image from a raw body or from the multipart field `file`, kept in memory only."""
+    """Read the image from a raw body or from the multipart field `file`, in memory only."""
     content_type = request.headers.get("content-type", "")
     body = await read_body(request, max_bytes)
     if content_type.split(";")[0].strip().lower() != "multipart/form-data":
