@@ -181,8 +181,8 @@ class FramePipeline:
 def _valid_boxes(detections: Sequence[Detection], width: int, height: int) -> list[BoxXYXY] | None:
     """Clip boxes to the frame; None when the detector's output cannot be trusted.
 
-    A non-finite coordinate or confidence, or an absurd number of boxes, makes the whole
-    frame untrustworthy, so it is blanked rather than masked partly.
+    A non-numeric or non-finite coordinate or confidence, or an absurd number of boxes,
+    makes the whole frame untrustworthy, so it is blanked rather than masked partly.
     """
     if len(detections) > MAX_DETECTIONS_PER_FRAME:
         return None
@@ -190,10 +190,14 @@ def _valid_boxes(detections: Sequence[Detection], width: int, height: int) -> li
     for detection in detections:
         if not isinstance(detection, Detection):
             return None
-        coordinates = detection.box_xyxy
-        if len(coordinates) != 4 or not all(math.isfinite(float(v)) for v in coordinates):
+        try:
+            coordinates = [float(v) for v in detection.box_xyxy]
+            confidence = float(detection.confidence)
+        except (TypeError, ValueError):
             return None
-        if not math.isfinite(detection.confidence):
+        if len(coordinates) != 4 or not all(math.isfinite(v) for v in coordinates):
+            return None
+        if not math.isfinite(confidence):
             return None
         clipped = clip_box_xyxy(coordinates, width, height)
         if clipped is not None:

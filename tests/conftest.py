@@ -141,11 +141,12 @@ async def _wait_ready(client: httpx.AsyncClient, timeout_s: float = 120.0) -> No
 
 
 class FaultyDetector:
-    """A detector for fault injection: it answers normally until a fault is switched on.
+    """A detector for fault injection: it returns no boxes until a fault is switched on.
 
     Faults: `raise` (an exception), `hang` (blocks until released), `slow` (sleeps
     `delay_s`), `nan` (non-finite boxes), `outside` (boxes off the frame or inverted),
-    `flood` (far too many boxes), `wrong_length` (fewer results than frames).
+    `flood` (far too many boxes), `wrong_length` (fewer results than frames), `not_numbers`
+    (box coordinates that are not numbers).
     """
 
     def __init__(self, boxes: Sequence[Detection] = ()) -> None:
@@ -199,6 +200,9 @@ class FaultyDetector:
                         Detection(1, "mid_sagittal", 0.8, off_frame),
                     ]
                 )
+            elif fault == "not_numbers":
+                box = (None, "left", 10.0, 10.0)
+                results.append([Detection(0, "transverse", 0.9, box)])  # type: ignore[arg-type]
             elif fault == "flood":
                 box = (0.0, 0.0, 5.0, 5.0)
                 results.append([Detection(0, "transverse", 0.5, box)] * 5000)

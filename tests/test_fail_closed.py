@@ -34,7 +34,7 @@ def _settings(**overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-FAULTS = ["raise", "hang", "slow", "nan", "flood", "wrong_length"]
+FAULTS = ["raise", "hang", "slow", "nan", "not_numbers", "flood", "wrong_length"]
 
 
 @pytest.mark.parametrize("fault", FAULTS)
