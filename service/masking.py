@@ -32,7 +32,7 @@ class MaskSpec:
             raise ValueError(f"mask margin must be within [0, 2], got {self.margin}")
 
     def at_least(self, floor: MaskSpec) -> MaskSpec:
-        """This spec, raised to the floor's style strength and margin where it asks for less."""
+        """Return this spec with its style and margin raised to the floor's where they are lower."""
         style = self.style if self.style.strength >= floor.style.strength else floor.style
         return MaskSpec(style=style, margin=max(self.margin, floor.margin))
 
@@ -107,7 +107,7 @@ def mask_boxes(
 
 
 def blank_frame(image: np.ndarray, notice: str = BLANK_NOTICE) -> np.ndarray:
-    """A frame of the image's shape and dtype, black, with a burned-in notice."""
+    """Return a black frame of the image's shape and dtype with a burned-in notice."""
     out = np.zeros_like(image)
     height, width = image.shape[:2]
     if min(height, width) < 16:

@@ -34,7 +34,7 @@ from skimage.metrics import structural_similarity
 
 
 class Decision(StrEnum):
-    """What happened to one output frame."""
+    """Outcome of one output frame."""
 
     MASKED = "masked"  # fresh detections were masked
     HELD = "held"  # no fresh detection, the tracker kept the last mask

@@ -91,7 +91,7 @@ MarginQuery = Annotated[
 OnFailureQuery = Annotated[
     Literal["error", "blank"],
     Query(
-        description="When the image cannot be checked: 'error' answers 503, 'blank' answers "
+        description="When the image cannot be checked: 'error' returns 503, 'blank' returns "
         "200 with a fully blanked image."
     ),
 ]
@@ -127,7 +127,7 @@ def _server_timing(outcome: FrameOutcome, total_s: float) -> str:
 
 
 def _render(decoded: DecodedImage, outcome: FrameOutcome) -> np.ndarray:
-    """The image to send, masked in its own depth; RGBA masks are made opaque."""
+    """Render the image to send, masked in its own depth; RGBA masks are made opaque."""
     pixels = decoded.pixels
     if decoded.mode != "RGBA" or outcome.blanked:
         return outcome.render(pixels)

@@ -44,7 +44,7 @@ class Detection:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a loaded model is, for logs, metrics and responses."""
+    """Description of a loaded model, for logs, metrics and responses."""
 
     name: str
     sha256: str
