@@ -1,7 +1,7 @@
 """Every step that produces the shipped demonstration model, so that one script reproduces it.
 
 `python -m service.research.default_model all --work DIR --hc18 DIR --real DIR` builds the data,
-trains in two stages, picks the confidence threshold on the validation split, exports ONNX,
+trains in three stages, picks the confidence threshold on the validation split, exports ONNX,
 writes the sidecar JSON, and evaluates on a fresh phantom test set and on real negative images
 the model never saw.
 Each step is also a subcommand, so an interrupted run can resume from the step that failed.
@@ -29,7 +29,11 @@ TRAIN_SEED = 1001
 # The second stage fine-tunes the first stage's best weights on new phantoms from this seed, so
 # the model meets 2,000 different training stills in all.
 STAGE2_TRAIN_SEED = 1004
+# The third stage continues from the second stage's best weights, again on new phantoms.
+STAGE3_TRAIN_SEED = 1005
+STAGE_TRAIN_SEEDS = {1: TRAIN_SEED, 2: STAGE2_TRAIN_SEED, 3: STAGE3_TRAIN_SEED}
 TRAIN_COUNT = 1000
+STAGE3_TRAIN_COUNT = 1500
 # Half the training images are positives, so the small model meets enough targets in few epochs.
 # The validation and test sets keep the study's share of negatives.
 TRAIN_NEGATIVE_SHARE = 0.5
@@ -59,32 +63,42 @@ def train_config(work: Path) -> TrainConfig:
     )
 
 
-def stage2_config(work: Path, stage1_best: Path) -> TrainConfig:
-    """Return the exact settings of stage 2: 16 more epochs from stage 1 at half the rate."""
+def stage_config(work: Path, stage: int, previous_best: Path) -> TrainConfig:
+    """Return the settings of stage 2 (16 epochs) or 3 (38 epochs): training continues from the
+    previous stage's best weights at half the first stage's learning rate."""
     return TrainConfig(
-        data=work / "data2" / "dataset.yaml",
-        model=str(stage1_best),
-        epochs=16,
+        data=work / _data_folder(stage) / "dataset.yaml",
+        model=str(previous_best),
+        epochs=16 if stage == 2 else 38,
         imgsz=IMGSZ,
         batch=16,
         seed=0,
         workers=0,
         device="cpu",
         project=work / "runs",
-        name="stage2",
+        name=f"stage{stage}",
         lr0=0.001,
         warmup_epochs=0.0,
-        close_mosaic=4,
+        close_mosaic=4 if stage == 2 else 8,
     )
+
+
+def _data_folder(stage: int) -> str:
+    return "data" if stage == 1 else f"data{stage}"
+
+
+def _run_folder(stage: int) -> str:
+    return "default" if stage == 1 else f"stage{stage}"
 
 
 def prepare_data(work: Path, hc18: Path, stage: int = 1) -> None:
     """Write training and validation phantoms and add the training part of hc18 as negatives."""
-    root = work / ("data" if stage == 1 else "data2")
-    seed = TRAIN_SEED if stage == 1 else STAGE2_TRAIN_SEED
+    root = work / _data_folder(stage)
+    seed = STAGE_TRAIN_SEEDS[stage]
     if root.exists():
         shutil.rmtree(root)
-    synthesize_dataset(root / "train", TRAIN_COUNT, seed, negative_share=TRAIN_NEGATIVE_SHARE)
+    count = STAGE3_TRAIN_COUNT if stage == 3 else TRAIN_COUNT
+    synthesize_dataset(root / "train", count, seed, negative_share=TRAIN_NEGATIVE_SHARE)
     synthesize_dataset(root / "val", VAL_COUNT, VAL_SEED, negative_share=STUDY_NEGATIVE_SHARE)
     hc18_training, _ = hold_out_every(list_images(hc18), HC18_HOLD_OUT_EVERY)
     copy_negative_images(hc18_training, root / "train", prefix="hc18_")
@@ -105,10 +119,14 @@ def run_training(work: Path, stage: int = 1) -> Path:
 
     if stage == 1:
         return train(train_config(work))
-    stage1_best = work / "runs" / "default" / "weights" / "best.pt"
-    if not stage1_best.is_file():
-        raise FileNotFoundError(f"stage 2 starts from stage 1's weights, not found: {stage1_best}")
-    return train(stage2_config(work, stage1_best))
+    previous_best = work / "runs" / _run_folder(stage - 1) / "weights" / "best.pt"
+    if not previous_best.is_file():
+        previous_step = "train" if stage == 2 else f"train{stage - 1}"
+        raise FileNotFoundError(
+            f"stage {stage} starts from stage {stage - 1}'s weights, not found: {previous_best}; "
+            f"run the {previous_step} step first"
+        )
+    return train(stage_config(work, stage, previous_best))
 
 
 def install_model(best_pt: Path) -> Path:
@@ -126,7 +144,7 @@ def choose_threshold(work: Path, model: Path) -> dict[str, Any]:
     """Sweep confidence on the validation split and write the sidecar JSON with the best-F1 one."""
     from service.research.evaluate import compute_metrics, predict_images, split_images
 
-    images = split_images(work / "data2" / "dataset.yaml", "val")
+    images = split_images(work / _data_folder(3) / "dataset.yaml", "val")
     results = predict_images(model, images, imgsz=IMGSZ, iou=NMS_IOU)
     metrics = compute_metrics(results, CLASS_NAMES, conf=0.5, iou=NMS_IOU)
     sidecar = {
@@ -226,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             "train",
             "data2",
             "train2",
+            "data3",
+            "train3",
             "install",
             "threshold",
             "export",
@@ -237,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=Path, help="real data root (stills/, video/) for evaluate")
     args = parser.parse_args(argv)
     work = args.work.resolve()
-    best = work / "runs" / "stage2" / "weights" / "best.pt"
+    best = work / "runs" / _run_folder(3) / "weights" / "best.pt"
     installed = MODELS_DIR / f"{MODEL_NAME}.pt"
 
     if args.step in ("all", "data"):
@@ -247,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.step in ("all", "data2"):
         prepare_data(work, args.hc18, stage=2)
     if args.step in ("all", "train2"):
-        best = run_training(work, stage=2)
+        run_training(work, stage=2)
+    if args.step in ("all", "data3"):
+        prepare_data(work, args.hc18, stage=3)
+    if args.step in ("all", "train3"):
+        best = run_training(work, stage=3)
     if args.step in ("all", "install"):
         print(f"installed {install_model(best)}")
     if args.step in ("all", "threshold"):
