@@ -52,21 +52,22 @@ async def test_shipped_model_masks_phantom_targets(serve, default_model_path: Pa
             assert mask.headers["X-Sonomask-Decision"] == ("masked" if boxes else "clear")
 
             # Outside every grown box the PNG comes back pixel for pixel. /v1/detect rounds
-            # boxes to 0.1 px, so the mask's edge may lie one pixel further out.
+            # boxes to 0.1 px, so the mask's edge may lie one pixel further out or further in.
             untouched = np.ones(masked.shape[:2], dtype=bool)
             for box in boxes:
                 clipped = clip_box_xyxy(box, *SIZE_WH)
                 assert clipped is not None
                 left, top, right, bottom = expand_box_xyxy(clipped, 0.15, *SIZE_WH)
                 untouched[max(0, top - 1) : bottom + 1, max(0, left - 1) : right + 1] = False
-                assert (masked[top:bottom, left:right] == 0).all(), f"seed {seed}: box not filled"
+                inner = masked[top + 1 : bottom - 1, left + 1 : right - 1]
+                assert (inner == 0).all(), f"seed {seed}: box not filled"
             assert np.array_equal(masked[untouched], original[untouched]), f"seed {seed}"
 
             if _coverage(target, masked) >= 0.95:
                 masked_targets += 1
-    # The demonstration model's recall on phantoms is about 0.6 (see its model card); a
-    # broken path would cover none of the targets.
-    assert masked_targets >= len(SEEDS) // 4
+    # The demonstration model's grown boxes cover about two thirds of these targets. A broken
+    # path would cover none.
+    assert masked_targets >= len(SEEDS) // 2
 
 
 async def test_client_margin_never_below_server(serve, default_model_path: Path) -> None:
