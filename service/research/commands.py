@@ -271,7 +271,11 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model file (.pt or .onnx)")
     parser.add_argument("--data", type=Path, required=True, help="dataset YAML")
     parser.add_argument("--split", default="test", help="split name in the YAML")
-    parser.add_argument("--conf", type=float, default=0.318, help="confidence threshold")
+    parser.add_argument(
+        "--conf",
+        type=float,
+        help="confidence threshold (default: the model's sidecar JSON, else the study's 0.318)",
+    )
     parser.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold")
     parser.add_argument(
         "--imgsz",
@@ -289,16 +293,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from service.research.anatomy import CLASS_NAMES
     from service.research.evaluate import (
         compute_metrics,
+        model_conf,
         model_imgsz,
         predict_images,
         split_images,
         write_plots,
     )
 
+    try:
+        images = split_images(args.data, args.split)
+    except FileNotFoundError as exc:
+        print(f"dataset YAML not found: {exc.filename}", file=sys.stderr)
+        return 2
+    except KeyError as exc:
+        print(f"{exc.args[0]}; pass one of them with --split", file=sys.stderr)
+        return 2
     imgsz = args.imgsz or model_imgsz(args.model)
-    images = split_images(args.data, args.split)
+    conf = args.conf if args.conf is not None else model_conf(args.model)
     results = predict_images(args.model, images, imgsz=imgsz, iou=args.iou, device=args.device)
-    metrics = compute_metrics(results, CLASS_NAMES, conf=args.conf, iou=args.iou)
+    metrics = compute_metrics(results, CLASS_NAMES, conf=conf, iou=args.iou)
     report = metrics.as_json()
     report["imgsz"] = imgsz
     report["model"] = str(args.model)
@@ -311,7 +324,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(
         f"{args.split}: {metrics.images} images, AP50-95 {metrics.ap50_95:.3f} AP50 "
         f"{metrics.ap50:.3f} P {metrics.precision:.3f} R {metrics.recall:.3f} F1 {metrics.f1:.3f} "
-        f"FPPI {metrics.fppi:.4f} at conf {args.conf}; best F1 {metrics.best_f1:.3f} at "
+        f"FPPI {metrics.fppi:.4f} at conf {conf}; best F1 {metrics.best_f1:.3f} at "
         f"{metrics.best_conf:.2f}"
     )
     print(f"wrote {args.json}")

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 MATCH_IOU = 0.5
+# The study's confidence threshold, used for a model that ships without a sidecar JSON.
+STUDY_CONF = 0.318
 SWEEP_CONFS = np.round(np.arange(0.01, 1.0, 0.01), 2)
 
 
@@ -412,6 +414,14 @@ def model_imgsz(model_path: Path, default: int = 320) -> int:
         checkpoint = torch.load(model_path, map_location="cpu", weights_only=False)
         value = (checkpoint.get("train_args") or {}).get("imgsz", default)
         return int(max(value) if isinstance(value, list | tuple) else value)
+    return default
+
+
+def model_conf(model_path: Path, default: float = STUDY_CONF) -> float:
+    """Return the confidence threshold a model ships with, from its sidecar JSON, else `default`."""
+    sidecar = Path(model_path).with_suffix(".json")
+    if sidecar.is_file():
+        return float(json.loads(sidecar.read_text()).get("conf", default))
     return default
 
 

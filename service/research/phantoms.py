@@ -292,7 +292,9 @@ def synthesize_dataset(
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    write_dataset_yaml(out_dir / "dataset.yaml", out_dir, {"train": "images", "val": "images"})
+    # A phantom folder is one unsplit set, so every split names it. `build-dataset` splits it.
+    splits = {"train": "images", "val": "images", "test": "images"}
+    write_dataset_yaml(out_dir / "dataset.yaml", out_dir, splits)
     return summary
 
 

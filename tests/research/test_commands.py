@@ -121,8 +121,6 @@ def test_evaluate_writes_report_and_plots(tmp_path: Path) -> None:
             str(SHIPPED_MODEL),
             "--data",
             str(tmp_path / "s" / "dataset.yaml"),
-            "--split",
-            "val",
             "--json",
             str(tmp_path / "report.json"),
             "--plots",
@@ -134,6 +132,8 @@ def test_evaluate_writes_report_and_plots(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report) >= REPORT_KEYS
     assert report["images"] == 12
+    assert report["split"] == "test"
+    assert report["conf"] == json.loads(SHIPPED_MODEL.with_suffix(".json").read_text())["conf"]
     assert report["iou"] == 0.6
     assert set(report["per_class"]) == {"transverse", "mid_sagittal"}
     assert (tmp_path / "plots" / "f1_confidence.png").stat().st_size > 1000
@@ -183,3 +183,30 @@ def test_export_openvino_writes_model_folder(tmp_path: Path) -> None:
     folder = tmp_path / "model_openvino_model"
     assert (folder / "model.xml").is_file()
     assert (folder / "model.bin").is_file()
+
+
+def test_evaluate_rejects_missing_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "dataset.yaml"
+    data.write_text("path: .\ntrain: images\nnames:\n  0: transverse\n  1: mid_sagittal\n")
+    report = tmp_path / "r.json"
+    args = _parse(
+        ["evaluate", "--model", str(SHIPPED_MODEL), "--data", str(data), "--json", str(report)]
+    )
+
+    assert args.handler(args) == 2
+    error = capsys.readouterr().err
+    assert "split 'test' missing" in error
+    assert "--split" in error
+    assert not report.exists()
+
+
+def test_evaluate_rejects_missing_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "absent.yaml"
+    args = _parse(
+        ["evaluate", "--model", str(SHIPPED_MODEL), "--data", str(missing), "--json", "r.json"]
+    )
+
+    assert args.handler(args) == 2
+    assert f"dataset YAML not found: {missing}" in capsys.readouterr().err
