@@ -10,6 +10,7 @@ Each step is also a subcommand, so an interrupted run can resume from the step t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -66,18 +67,14 @@ def train_config(work: Path) -> TrainConfig:
 def stage_config(work: Path, stage: int, previous_best: Path) -> TrainConfig:
     """Return the settings of stage 2 (16 epochs) or 3 (38 epochs): training continues from the
     previous stage's best weights at half the first stage's learning rate."""
-    return TrainConfig(
+    first = train_config(work)
+    return dataclasses.replace(
+        first,
         data=work / _data_folder(stage) / "dataset.yaml",
         model=str(previous_best),
         epochs=16 if stage == 2 else 38,
-        imgsz=IMGSZ,
-        batch=16,
-        seed=0,
-        workers=0,
-        device="cpu",
-        project=work / "runs",
         name=f"stage{stage}",
-        lr0=0.001,
+        lr0=first.lr0 / 2,
         warmup_epochs=0.0,
         close_mosaic=4 if stage == 2 else 8,
     )
