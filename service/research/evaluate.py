@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 MATCH_IOU = 0.5
-# The study's confidence threshold, used for a model that ships without a sidecar JSON.
-STUDY_CONF = 0.318
 SWEEP_CONFS = np.round(np.arange(0.01, 1.0, 0.01), 2)
 
 
@@ -417,12 +415,12 @@ def model_imgsz(model_path: Path, default: int = 320) -> int:
     return default
 
 
-def model_conf(model_path: Path, default: float = STUDY_CONF) -> float:
-    """Return the confidence threshold a model ships with, from its sidecar JSON, else `default`."""
-    sidecar = Path(model_path).with_suffix(".json")
-    if sidecar.is_file():
-        return float(json.loads(sidecar.read_text()).get("conf", default))
-    return default
+def model_conf(model_path: Path) -> float:
+    """Return the confidence threshold a model ships with: its sidecar value, else the study's."""
+    from service.detection.loading import STUDY_CONF, ModelCard
+
+    conf = ModelCard.read(Path(model_path)).conf
+    return STUDY_CONF if conf is None else float(conf)
 
 
 def write_plots(metrics: Metrics, out_dir: Path) -> list[Path]:
